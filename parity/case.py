@@ -1,0 +1,101 @@
+"""The parity-case contract and registry.
+
+A case feeds identical seeded inputs through the reference code (loaded at run time from
+``ref_repositories/`` by ``parity.refs``) and through ``reimpl``, and compares the outputs.
+
+Adding a case is one small file in ``parity/cases/<component>.py`` that calls :func:`register`::
+
+    register(Case(
+        name="dllm2rec.dro_loss",              # unique, "<system>.<what>"
+        system="DLLM2Rec",                     # "iLoRA" | "DLLM2Rec"
+        component="dro",                       # report section key (see parity/report.py SECTIONS)
+        title="DRO loss with propensity scores",
+        ref_lines=["main.py:419-431", "main.py:264-275"],   # file:line in the reference repo
+        reimpl_symbol="reimpl/dllm2rec/losses.py:dro_loss",
+        seed=2024, dtype="float64", rtol=1e-10, atol=0.0,
+        make_inputs=make_inputs,                # (seed) -> dict[str, np.ndarray | json-able]
+        run_reference=run_reference,            # (inputs) -> dict[str, output]
+        run_reimpl=run_reimpl,                  # (inputs, mode) -> dict[str, output]
+        deviations=["DLLM2REC-DRO-SQUEEZE"],    # ids in reimpl.deviations that this case measures
+    ))
+
+Outputs are ``{name: value}`` where a value is a numeric array (np.ndarray / torch.Tensor /
+Python number: compared with ``rtol``/``atol``) or a JSON-able structure (str, list, dict:
+compared exactly with deepdiff). Golden files only ever hold what ``run_reference`` returned.
+
+``run_reimpl(inputs, "faithful")`` must reproduce the reference; ``run_reimpl(inputs, "fixed")``
+is used to measure the effect of the declared deviations.
+
+``needs`` lists optional requirements (e.g. ``"shared"`` for ../shared data): where one is
+missing the case is reported as skipped, with the reason.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+Inputs = dict[str, Any]
+Outputs = dict[str, Any]
+
+SYSTEMS = ("iLoRA", "DLLM2Rec")
+DEFAULT_TOL = {"float64": (1e-10, 0.0), "float32": (1e-6, 1e-7)}
+
+
+@dataclass
+class Case:
+    name: str
+    system: str
+    component: str
+    title: str
+    ref_lines: list[str]
+    reimpl_symbol: str
+    seed: int
+    make_inputs: Callable[[int], Inputs]
+    run_reference: Callable[[Inputs], Outputs]
+    run_reimpl: Callable[[Inputs, str], Outputs]
+    dtype: str = "float64"
+    rtol: float | None = None
+    atol: float | None = None
+    tolerance_note: str = ""          # required when rtol/atol loosen the defaults
+    deviations: list[str] = field(default_factory=list)
+    needs: list[str] = field(default_factory=list)
+    description: str = ""             # one paragraph: what the reference does, how we match it
+
+    def __post_init__(self) -> None:
+        if self.system not in SYSTEMS:
+            raise ValueError(f"case {self.name}: system must be one of {SYSTEMS}, got {self.system!r}")
+        if self.dtype not in DEFAULT_TOL:
+            raise ValueError(f"case {self.name}: dtype must be one of {sorted(DEFAULT_TOL)}")
+        d_rtol, d_atol = DEFAULT_TOL[self.dtype]
+        if self.rtol is None:
+            self.rtol = d_rtol
+        if self.atol is None:
+            self.atol = d_atol
+        if (self.rtol > d_rtol or self.atol > d_atol) and not self.tolerance_note:
+            raise ValueError(
+                f"case {self.name}: tolerance rtol={self.rtol}, atol={self.atol} is looser than the "
+                f"{self.dtype} default ({d_rtol}, {d_atol}); say why in tolerance_note")
+        if not self.ref_lines:
+            raise ValueError(f"case {self.name}: ref_lines must name the reference file:line it exercises")
+
+
+_REGISTRY: dict[str, Case] = {}
+
+
+def register(case: Case) -> Case:
+    if case.name in _REGISTRY:
+        raise ValueError(f"parity case {case.name!r} registered twice")
+    _REGISTRY[case.name] = case
+    return case
+
+
+def all_cases() -> dict[str, Case]:
+    """Import every module in parity/cases and return the registry, in name order."""
+    from parity import cases as pkg
+
+    for mod in pkgutil.iter_modules(pkg.__path__):
+        importlib.import_module(f"parity.cases.{mod.name}")
+    return dict(sorted(_REGISTRY.items()))

@@ -1,0 +1,178 @@
+"""Golden vectors: the reference side of every parity case, recorded to small safetensors files.
+
+``make golden`` (= ``python -m parity.golden``) runs ``case.run_reference`` on the case's seeded
+inputs (reference code loaded from the verified ``ref_repositories/`` checkout) and writes
+``parity/golden/<case>.safetensors``:
+
+- tensors ``in/<name>`` (array inputs) and ``out/<name>`` (numeric reference outputs);
+- metadata (strings): case, system, component, seed, dtype, ref_repo, ref_commit, the library
+  versions, ``params`` (JSON of the non-array inputs) and ``structural`` (JSON of the non-numeric
+  reference outputs).
+
+Golden files are never written from reimpl: this module imports nothing from ``reimpl`` and
+refuses to run without a verified reference checkout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+GOLDEN_DIR = Path(__file__).resolve().parent / "golden"
+FORMAT_VERSION = "1"
+
+
+def _to_numpy(v: Any) -> np.ndarray | None:
+    """Numeric value -> ndarray (copy, CPU, detached); None for structural values."""
+    try:
+        import torch
+
+        if isinstance(v, torch.Tensor):
+            return v.detach().cpu().numpy().copy()
+    except ImportError:  # pragma: no cover
+        pass
+    if isinstance(v, np.ndarray):
+        return np.array(v, order="C", copy=True)  # (ascontiguousarray would turn 0-d into 1-d)
+    if isinstance(v, (bool, int, float, np.number, np.bool_)):
+        return np.asarray(v)
+    return None
+
+
+def split_values(values: dict[str, Any]) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Split a dict into numeric arrays and JSON-able structural values."""
+    arrays, other = {}, {}
+    for k, v in values.items():
+        a = _to_numpy(v)
+        if a is None:
+            json.dumps(v)  # raises TypeError naming the type if not JSON-able
+            other[k] = v
+        else:
+            arrays[k] = a
+    return arrays, other
+
+
+def library_versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    out = {"python": platform.python_version()}
+    for pkg in ("torch", "numpy", "pandas", "transformers", "peft", "pytorch-lightning"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            pass
+    return out
+
+
+def golden_path(case_name: str) -> Path:
+    return GOLDEN_DIR / f"{case_name}.safetensors"
+
+
+def write(case, inputs: dict[str, Any], outputs: dict[str, Any], ref_commit: str) -> Path:
+    from safetensors.numpy import save_file
+
+    in_arr, in_params = split_values(inputs)
+    out_arr, out_struct = split_values(outputs)
+    tensors = {f"in/{k}": v for k, v in in_arr.items()}
+    tensors.update({f"out/{k}": v for k, v in out_arr.items()})
+    meta = {
+        "format": FORMAT_VERSION,
+        "case": case.name,
+        "system": case.system,
+        "component": case.component,
+        "seed": str(case.seed),
+        "dtype": case.dtype,
+        "ref_repo": case.system,
+        "ref_commit": ref_commit,
+        "ref_lines": json.dumps(case.ref_lines),
+        "versions": json.dumps(library_versions(), sort_keys=True),
+        "params": json.dumps(in_params, sort_keys=True),
+        "structural": json.dumps(out_struct, sort_keys=True),
+    }
+    path = golden_path(case.name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(path), metadata=meta)
+    return path
+
+
+class Golden:
+    """A loaded golden file: ``inputs`` (arrays + params), ``outputs`` (arrays + structural), ``meta``."""
+
+    def __init__(self, path: Path):
+        from safetensors import safe_open
+        from safetensors.numpy import load_file
+
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no golden vectors for this case; run `make golden`")
+        with safe_open(str(path), framework="numpy") as f:
+            meta = dict(f.metadata() or {})
+        # load_file keeps 0-d tensors 0-d (safe_open.get_tensor returns them as shape (1,))
+        tensors = load_file(str(path))
+        for field in ("case", "seed", "ref_commit", "params", "structural"):
+            if field not in meta:
+                raise ValueError(f"{path}: golden metadata lacks field {field!r}; re-record with `make golden`")
+        self.path = path
+        self.meta = meta
+        self.inputs: dict[str, Any] = {k[3:]: v for k, v in tensors.items() if k.startswith("in/")}
+        self.inputs.update(json.loads(meta["params"]))
+        self.outputs: dict[str, Any] = {k[4:]: v for k, v in tensors.items() if k.startswith("out/")}
+        self.outputs.update(json.loads(meta["structural"]))
+
+    @property
+    def seed(self) -> int:
+        return int(self.meta["seed"])
+
+
+def load(case_name: str) -> Golden:
+    return Golden(golden_path(case_name))
+
+
+def record(names: list[str] | None = None, log=print) -> int:
+    """Run the reference side of the selected cases and write their golden files."""
+    from parity.case import all_cases
+    from parity.materialize import load_lock, verify
+
+    sys.dont_write_bytecode = True
+    lock = load_lock()
+    cases = all_cases()
+    if names:
+        unknown = set(names) - set(cases)
+        if unknown:
+            raise SystemExit(f"make golden: unknown case(s) {sorted(unknown)}; known: {sorted(cases)}")
+        cases = {n: cases[n] for n in names}
+    verified: set[str] = set()
+    n_written = 0
+    for name, case in cases.items():
+        spec = lock[case.system]
+        if case.system not in verified:
+            verify(spec)  # golden vectors only ever come from the pinned, unmodified reference
+            verified.add(case.system)
+        from parity.run import missing_needs
+
+        why = missing_needs(case)
+        if why:
+            log(f"skip  {name}: {why}")
+            continue
+        inputs = case.make_inputs(case.seed)
+        outputs = case.run_reference(dict(inputs))
+        path = write(case, inputs, outputs, spec.commit)
+        n_written += 1
+        log(f"wrote {path.relative_to(GOLDEN_DIR.parents[1])} ({path.stat().st_size / 1024:.1f} KiB)")
+    return n_written
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description="Record golden vectors from the reference code.")
+    ap.add_argument("cases", nargs="*", help="case names (default: all)")
+    a = ap.parse_args(argv)
+    record(a.cases or None)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
