@@ -1,0 +1,15 @@
+"""Data layer: readers/writers for the iLoRA and DLLM2Rec layouts, the ml-100k builder, synthetic data.
+
+Everything is read into one typed form (``SeqSplit`` / ``SeqDataset``, see types.py) and validated there;
+malformed input raises ``DataError`` naming file, row, field and what was expected. See docs/data.md.
+"""
+
+from .dllm2rec import load_dllm2rec, write_dllm2rec
+from .ilora import load_ilora, read_id2name, read_u_item, write_ilora
+from .movielens import build_movielens, read_u_data
+from .synthetic import synthetic_dataset, synthetic_split
+from .types import DataError, SeqDataset, SeqSplit, lens_from_seqs
+
+__all__ = ["DataError", "SeqDataset", "SeqSplit", "lens_from_seqs", "load_dllm2rec", "write_dllm2rec",
+           "load_ilora", "write_ilora", "read_id2name", "read_u_item", "build_movielens", "read_u_data",
+           "synthetic_split", "synthetic_dataset"]
