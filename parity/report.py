@@ -20,7 +20,7 @@ from parity.materialize import load_lock
 from parity.sections import SECTIONS, Section
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
-VERDICT_ORDER = ["Not reproduced", "Reproduced with declared deviation", "Reproduced", "Skipped", "Not applicable"]
+VERDICT_ORDER = ["Not reproduced", "Not verified (no case)", "Reproduced with declared deviation", "Reproduced", "Skipped", "Not applicable"]
 
 
 def fmt_err(x: float) -> str:
@@ -52,7 +52,7 @@ def our_link(symbol: str) -> str:
 
 def _section_verdict(results) -> str:
     if not results:
-        return "Not applicable"
+        return "Not verified (no case)"
     ran = [r for r in results if r.verdict != "Skipped"]
     if not ran:
         return "Skipped"
