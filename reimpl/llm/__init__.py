@@ -1,0 +1,1 @@
+"""LLM builders: tiny random-weight Llama (tiny.py) and real offline models (real.py)."""
