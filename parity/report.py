@@ -66,7 +66,8 @@ def render(results, live_available: dict[str, bool]) -> str:
 
     by_component: dict[tuple[str, str], list] = {}
     for r in results:
-        by_component.setdefault((r.case.system, r.case.component), []).append(r)
+        comp = r.case.component.removeprefix(r.case.system.lower() + "_")  # "ilora_gating" -> "gating"
+        by_component.setdefault((r.case.system, comp), []).append(r)
     known = {(s.system, s.key) for s in SECTIONS}
     sections: list[tuple[Section, list, str]] = []
     for s in SECTIONS:

@@ -1,0 +1,7 @@
+"""``python -m reimpl.dllm2rec`` == ``python -m reimpl.dllm2rec.train``."""
+
+import sys
+
+from reimpl.dllm2rec.train import main
+
+sys.exit(main())

@@ -1,0 +1,135 @@
+"""Top-K evaluation of a DLLM2Rec student: HR/NDCG@{1,5,10,20} (+ MRR).
+
+Mirrors ``main.py:198-262`` (``myevaluate``) and ``utility.py:75-82`` (``calculate_hit``):
+scores are sorted ascending with ``torch.argsort``, the last ``k`` columns are the top-k, the rank of
+the target is ``k - position``, NDCG adds ``1 / log2(rank + 1)``; every item is ranked (history items
+included), and the means are over all rows.
+
+* faithful: the target's rank is its place in that argsort (tied scores: the CPU sort is stable, so
+  among equal scores the *higher* item id ranks higher); NDCG sums accumulate in row order in float64;
+  the model is evaluated as the reference leaves it, in train mode (dropout on, drawing from the global
+  torch RNG; DLLM2REC-EVAL-DROPOUT). Rows are scored ``batch_size`` at a time (bounded memory); with
+  ``batch_size >= N`` the dropout draws equal the reference's single forward.
+* fixed: ``model.eval()``; rank = 1 + #items scoring higher + #other items tying with the target
+  (pessimistic, independent of the sort; DLLM2REC-EVAL-TIES).
+
+Memory: ``[b, I]`` scores and ``[b, L, d_llm]`` teacher embeddings for ``b <= batch_size`` rows.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from reimpl.deviations import check_mode
+from reimpl.dllm2rec.injection import lookup_llm_emb
+
+TOPK = (1, 5, 10, 20)
+NO_RANK = np.iinfo(np.int64).max  # a target that is not an item id is never hit
+
+
+@dataclass
+class EvalSplit:
+    states: np.ndarray   # [N, L] int64
+    len_states: np.ndarray  # [N] int64
+    targets: np.ndarray  # [N] float64 (the reference reads `next` with float())
+    path: str = ""
+
+
+def read_split(path: str | Path, state_size: int | None = None, item_num: int | None = None
+               ) -> EvalSplit:
+    """Read a ``seq,len_seq,next`` CSV (``seq`` a quoted list literal) like main.py:204-213."""
+    import ast
+
+    path = Path(path)
+    states, lens, targets = [], [], []
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        missing = {"seq", "len_seq", "next"} - set(reader.fieldnames or [])
+        if missing:
+            raise ValueError(f"{path}: missing column(s) {sorted(missing)}; expected seq,len_seq,next")
+        for n, row in enumerate(reader, 2):
+            seq = ast.literal_eval(row["seq"])
+            if not isinstance(seq, (list, tuple)):
+                raise ValueError(f"{path}:{n}: field seq must be a list literal, got {row['seq']!r}")
+            states.append(seq)
+            lens.append(int(row["len_seq"]))
+            targets.append(float(row["next"]))
+    widths = {len(s) for s in states}
+    if len(widths) > 1 or (state_size is not None and widths and widths != {state_size}):
+        raise ValueError(f"{path}: field seq must have length {state_size or 'equal'} in every row, "
+                         f"found lengths {sorted(widths)}")
+    arr = np.asarray(states, dtype=np.int64).reshape(len(states), -1)
+    if item_num is not None and arr.size and (arr.min() < 0 or arr.max() > item_num):
+        raise ValueError(f"{path}: field seq holds ids outside [0, {item_num}] (padding id {item_num})")
+    return EvalSplit(arr, np.asarray(lens, dtype=np.int64), np.asarray(targets, dtype=np.float64),
+                     str(path))
+
+
+def target_ranks(scores: torch.Tensor, targets: np.ndarray, mode: str = "faithful") -> np.ndarray:
+    """1-based rank ``[b]`` of each target among ``scores`` ``[b, I]`` (``NO_RANK`` for a non-item)."""
+    check_mode(mode)
+    b, n_items = scores.shape
+    t = np.asarray(targets, dtype=np.float64)
+    is_item = (t == np.floor(t)) & (t >= 0) & (t < n_items)
+    ti = torch.as_tensor(np.where(is_item, t, 0).astype(np.int64), device=scores.device)
+    if mode == "faithful":
+        order = torch.argsort(scores)  # ascending, as main.py:231
+        pos = (order == ti[:, None]).int().argmax(1)
+        rank = (n_items - pos).cpu().numpy().astype(np.int64)
+    else:
+        s_t = scores.gather(1, ti[:, None])
+        rank = ((scores > s_t).sum(1) + (scores == s_t).sum(1)).cpu().numpy().astype(np.int64)
+    return np.where(is_item, rank, NO_RANK)
+
+
+def metrics_from_ranks(ranks: np.ndarray, topk=TOPK) -> dict[str, list[float] | float]:
+    """HR@k, NDCG@k lists (in ``topk`` order) and MRR from 1-based ranks ``[N]``.
+
+    NDCG terms are summed sequentially in row order (``cumsum``), the reference's accumulation.
+    """
+    n = len(ranks)
+    if n == 0:
+        raise ValueError("metrics_from_ranks: empty split")
+    hr, ndcg = [], []
+    for k in topk:
+        hit = ranks <= k
+        hr.append(float(hit.sum()) / n)
+        gains = np.where(hit, 1.0 / np.log2(np.minimum(ranks, k) + 1.0), 0.0)
+        ndcg.append(float(np.cumsum(gains)[-1]) / n if hit.any() else 0.0)
+    mrr_terms = np.where(ranks == NO_RANK, 0.0, 1.0 / np.maximum(ranks, 1))
+    return {"hr": hr, "ndcg": ndcg, "mrr": float(np.cumsum(mrr_terms)[-1]) / n}
+
+
+@torch.no_grad()
+def predict_ranks(model: nn.Module, split: EvalSplit, llm_table: torch.Tensor | None = None,
+                  batch_size: int = 4096, mode: str = "faithful") -> np.ndarray:
+    """Ranks ``[N]`` of the split's targets under ``model``, ``batch_size`` rows per forward."""
+    check_mode(mode)
+    was_training = model.training
+    model.train(mode == "faithful")  # the reference never calls model.eval()
+    device = next(model.parameters()).device
+    out = []
+    try:
+        for lo in range(0, len(split.targets), batch_size):
+            states = torch.as_tensor(split.states[lo:lo + batch_size], device=device)
+            lens = split.len_states[lo:lo + batch_size]
+            llm_emb = None if llm_table is None else lookup_llm_emb(states, llm_table)
+            scores = model(states, lens, llm_emb).reshape(len(lens), -1)  # undo a B == 1 squeeze
+            out.append(target_ranks(scores, split.targets[lo:lo + batch_size], mode))
+    finally:
+        model.train(was_training)
+    return np.concatenate(out)
+
+
+def evaluate(model: nn.Module, split: EvalSplit, llm_table: torch.Tensor | None = None,
+             batch_size: int = 4096, topk=TOPK, mode: str = "faithful") -> dict:
+    """``{"hr": [..], "ndcg": [..], "mrr": float, "n": N}`` for ``topk``."""
+    res = metrics_from_ranks(predict_ranks(model, split, llm_table, batch_size, mode), topk)
+    res["n"] = int(len(split.targets))
+    return res

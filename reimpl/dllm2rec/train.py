@@ -1,0 +1,268 @@
+"""Training loop of a DLLM2Rec student. Mirrors DLLM2Rec ``main.py:284-524``.
+
+Usage::
+
+    python -m reimpl.dllm2rec.train --data-dir DIR --data NAME [--model_name SASRec ...] \
+        [--mode faithful|fixed] [--epoch N] [--out metrics.json] [--checkpoint ckpt.pt [--resume]]
+
+``DIR`` holds the reference layout: ``data/NAME/{data_statis.df, train_data.df, val_data.csv,
+test_data.csv}`` and ``tocf/NAME/{myrank_train.txt, confidence_train.txt, all_embeddings.pt}``
+(the teacher files only when ``lam != 0`` / ``ed_weight != 0``).
+
+An "epoch" is ``int(N / batch_size)`` batches, each ``batch_size`` rows drawn without replacement
+independently of the others (``DataFrame.sample``, main.py:360), from a ``numpy.RandomState(seed)``,
+which draws exactly what the reference's globally seeded ``np.random`` draws. Negatives and dropout use
+the global torch RNG seeded with ``seed`` before the student is built, as the reference does.
+
+After each epoch VAL and TEST are evaluated. faithful: the best epoch is the one with the highest
+TEST NDCG@20 (strictly greater), training stops after ``patience`` epochs without improvement
+(DLLM2REC-SELECT-ON-TEST). fixed: the same on VAL NDCG@20; the reported test metrics are those of the
+best validation epoch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import math
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from reimpl.dllm2rec import losses
+from reimpl.dllm2rec.config import DLLM2RecConfig, add_arguments, from_namespace
+from reimpl.dllm2rec.evaluate import EvalSplit, evaluate, read_split
+from reimpl.dllm2rec.injection import lookup_llm_emb
+from reimpl.dllm2rec.student import build_student
+from reimpl.dllm2rec.weights import rd_weights
+
+
+@dataclass
+class DLLM2RecData:
+    item_num: int
+    seq_size: int
+    train_seq: np.ndarray     # [N, L] int64
+    train_len: np.ndarray     # [N] int64
+    train_next: np.ndarray    # [N] int64
+    val: EvalSplit
+    test: EvalSplit
+    candidates: torch.Tensor | None = None   # [N, K0] long (myrank_train.txt)
+    confidence: torch.Tensor | None = None   # [N, K0] float32 (confidence_train.txt)
+    llm_table: torch.Tensor | None = None    # [item_num, d_llm] (all_embeddings.pt)
+
+
+def _parse_list(v, where: str) -> list:
+    if isinstance(v, str):
+        v = ast.literal_eval(v)
+    if isinstance(v, np.ndarray):
+        v = v.tolist()
+    if not isinstance(v, (list, tuple)):
+        raise ValueError(f"{where}: expected a list of item ids, got {type(v).__name__}")
+    return [int(x) for x in v]
+
+
+def load_data(data_dir: str | Path, name: str, *, need_rank: bool, need_emb: bool,
+              candidate_topk: int = 10, d_llm: int | None = None) -> DLLM2RecData:
+    """Read and validate the reference's files (see module docstring)."""
+    root = Path(data_dir)
+    ddir, tdir = root / "data" / name, root / "tocf" / name
+    statis = pd.read_pickle(ddir / "data_statis.df")
+    seq_size, item_num = int(statis["seq_size"].iloc[0]), int(statis["item_num"].iloc[0])
+    tpath = ddir / "train_data.df"
+    train = pd.read_pickle(tpath)
+    for col in ("seq", "len_seq", "next"):
+        if col not in train.columns:
+            raise ValueError(f"{tpath}: missing column {col!r}")
+    if not np.array_equal(np.asarray(train.index), np.arange(len(train))):
+        raise ValueError(f"{tpath}: the index must be 0..N-1 in row order (teacher rows are looked up "
+                         "by it, main.py:434)")
+    seqs = [_parse_list(s, f"{tpath}: field seq row {i}") for i, s in enumerate(train["seq"])]
+    if any(len(s) != seq_size for s in seqs):
+        raise ValueError(f"{tpath}: field seq must hold seq_size={seq_size} ids per row")
+    seq = np.asarray(seqs, dtype=np.int64).reshape(len(seqs), seq_size)
+    nxt = np.asarray([int(ast.literal_eval(x)) if isinstance(x, str) else int(x) for x in train["next"]],
+                     dtype=np.int64)
+    if seq.min() < 0 or seq.max() > item_num or nxt.min() < 0 or nxt.max() >= item_num:
+        raise ValueError(f"{tpath}: ids outside [0, {item_num}] in seq or [0, {item_num}) in next")
+    data = DLLM2RecData(item_num, seq_size, seq, np.asarray(train["len_seq"], dtype=np.int64), nxt,
+                        read_split(ddir / "val_data.csv", seq_size, item_num),
+                        read_split(ddir / "test_data.csv", seq_size, item_num))
+    if need_rank:
+        cand = np.loadtxt(tdir / "myrank_train.txt", ndmin=2)
+        conf = np.loadtxt(tdir / "confidence_train.txt", ndmin=2)
+        for p, a in ((tdir / "myrank_train.txt", cand), (tdir / "confidence_train.txt", conf)):
+            if a.shape[0] != len(train) or a.shape[1] < candidate_topk:
+                raise ValueError(f"{p}: expected [N_train={len(train)}, >= candidate_topk="
+                                 f"{candidate_topk}], got {list(a.shape)}")
+        if cand.min() < 0 or cand.max() >= item_num:
+            raise ValueError(f"{tdir / 'myrank_train.txt'}: candidate ids outside [0, {item_num})")
+        data.candidates = torch.LongTensor(cand)
+        data.confidence = torch.tensor(conf, dtype=torch.float)
+    if need_emb:
+        p = tdir / "all_embeddings.pt"
+        table = torch.load(p, map_location="cpu")
+        if table.dim() != 2 or table.size(0) != item_num or (d_llm and table.size(1) != d_llm):
+            raise ValueError(f"{p}: expected [item_num={item_num}, d_llm={d_llm}], got {list(table.shape)}")
+        data.llm_table = table
+    return data
+
+
+@dataclass
+class StepResult:
+    loss: torch.Tensor
+    parts: dict = field(default_factory=dict)
+
+
+def batch_loss(model: nn.Module, cfg: DLLM2RecConfig, seq: torch.Tensor, len_seq: torch.Tensor,
+               target: torch.Tensor, *, ps: torch.Tensor | None, candidates: torch.Tensor | None,
+               confidence: torch.Tensor | None, llm_table: torch.Tensor | None,
+               item_num: int, generator: torch.Generator | None = None) -> StepResult:
+    """Loss of one batch (main.py:381-486). seq ``[B, L]``, len_seq ``[B]``, target ``[B]``,
+    candidates/confidence ``[B, >=K]`` rows of the teacher files for this batch."""
+    neg = losses.sample_negatives(seq, target, item_num, cfg.num_negtive_items, generator=generator,
+                                  mode=cfg.mode)
+    llm_emb = lookup_llm_emb(seq, llm_table) if llm_table is not None else None
+    out = model(seq, len_seq, llm_emb)
+    l_bce = losses.bce_loss(out, target, neg)
+    l_dro = losses.dro_loss(out, target, ps, cfg.beta, cfg.mode) if cfg.alpha != 0 else None
+    l_rd, w = None, None
+    if cfg.lam != 0:
+        K = cfg.candidate_topk
+        cand, conf = candidates[:, :K], confidence[:, :K]
+        w = rd_weights(out, cand, conf, cfg.gamma_position, cfg.gamma_confidence,
+                       cfg.gamma_consistency, cfg.rank_temperature).weight
+        l_rd = losses.rd_loss(out, cand, neg, w, ps,
+                              cfg.alpha, cfg.beta, cfg.mode)
+    loss = losses.compose_loss(l_bce, l_dro, l_rd, cfg.alpha, cfg.lam)
+    return StepResult(loss, dict(model_output=out, target_neg=neg, loss_bce=l_bce, loss_dro=l_dro,
+                                 loss_rd=l_rd, weight=w))
+
+
+def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, cfg: DLLM2RecConfig,
+               data: DLLM2RecData, rows: np.ndarray, ps: torch.Tensor | None,
+               generator: torch.Generator | None = None) -> StepResult:
+    """One optimizer step on train rows ``rows`` ``[B]`` (main.py:360-492)."""
+    seq = torch.as_tensor(data.train_seq[rows])
+    len_seq = torch.as_tensor(data.train_len[rows])
+    target = torch.as_tensor(data.train_next[rows])
+    optimizer.zero_grad()
+    idx = torch.as_tensor(rows)
+    res = batch_loss(model, cfg, seq, len_seq, target, ps=ps,
+                     candidates=None if data.candidates is None else data.candidates[idx],
+                     confidence=None if data.confidence is None else data.confidence[idx],
+                     llm_table=data.llm_table, item_num=data.item_num, generator=generator)
+    if torch.isnan(res.loss).any():
+        raise FloatingPointError("DLLM2Rec training loss is NaN (the reference exits with -1, main.py:488)")
+    res.loss.backward()
+    optimizer.step()
+    return res
+
+
+def _rng_state(rs: np.random.RandomState) -> dict:
+    return {"numpy": rs.get_state(), "torch": torch.get_rng_state()}
+
+
+def train(cfg: DLLM2RecConfig, data: DLLM2RecData, *, checkpoint: str | Path | None = None,
+          resume: bool = False, log=print, progress: bool = True) -> dict:
+    """Train, evaluate each epoch, early-stop; returns the metrics dict written by the CLI."""
+    from tqdm.auto import tqdm
+
+    rs = np.random.RandomState(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    model = build_student(cfg, data.item_num, data.seq_size)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, eps=1e-8, weight_decay=cfg.l2_decay)
+    ps = (torch.tensor(losses.propensity_scores(data.train_next, data.item_num))
+          if cfg.alpha != 0 else None)
+    if cfg.lam != 0 and data.candidates is None:
+        raise ValueError("lam != 0 needs the teacher ranking (tocf/<data>/myrank_train.txt)")
+    if cfg.ed_weight == 0:
+        data.llm_table = None
+    elif data.llm_table is None:
+        raise ValueError("ed_weight != 0 needs the teacher embeddings (tocf/<data>/all_embeddings.pt)")
+    n = len(data.train_next)
+    if n < cfg.batch_size:
+        raise ValueError(f"train split has {n} rows, fewer than batch_size={cfg.batch_size}")
+    num_batches = int(n / cfg.batch_size)
+    if cfg.max_batches_per_epoch is not None:
+        num_batches = min(num_batches, cfg.max_batches_per_epoch)
+    state = {"epoch": 0, "best_score": 0.0, "best_epoch": 0, "patience": 0, "history": [],
+             "best": None, "stopped_early": False}
+    if resume and checkpoint and Path(checkpoint).is_file():
+        ck = torch.load(checkpoint, map_location="cpu", weights_only=False)
+        if ck["config"] != asdict(cfg):
+            raise ValueError(f"{checkpoint}: written with a different config; refusing to resume")
+        model.load_state_dict(ck["model"])
+        optimizer.load_state_dict(ck["optimizer"])
+        rs.set_state(ck["rng"]["numpy"])
+        torch.set_rng_state(ck["rng"]["torch"])
+        state = ck["state"]
+        log(f"resumed from {checkpoint} after epoch {state['epoch']}")
+    select_split = "test" if cfg.mode == "faithful" else "val"
+    t_start = time.time()
+    while state["epoch"] < cfg.epoch and not state["stopped_early"]:
+        model.train()
+        t0 = time.time()
+        bar = tqdm(range(num_batches), desc=f"epoch {state['epoch'] + 1}", disable=not progress,
+                   leave=False)
+        for _ in bar:
+            rows = rs.choice(n, cfg.batch_size, replace=False)  # == DataFrame.sample(n=batch_size)
+            res = train_step(model, optimizer, cfg, data, rows, ps)
+            bar.set_postfix(loss=f"{res.loss.item():.4f}")
+        train_s = time.time() - t0
+        ev = {s: evaluate(model, getattr(data, s), data.llm_table, cfg.eval_batch_size, cfg.topk,
+                          cfg.mode) for s in ("val", "test")}
+        state["epoch"] += 1
+        rec = {"epoch": state["epoch"], "loss": float(res.loss.item()), "train_s": train_s, **ev}
+        state["history"].append(rec)
+        score = ev[select_split]["ndcg"][-1]
+        if score > state["best_score"]:
+            state.update(best_score=score, best_epoch=state["epoch"], patience=0, best=rec)
+        else:
+            state["patience"] += 1
+        log(f"epoch {state['epoch']}: loss {rec['loss']:.5f} val ndcg@{cfg.topk[-1]} "
+            f"{ev['val']['ndcg'][-1]:.5f} test ndcg@{cfg.topk[-1]} {ev['test']['ndcg'][-1]:.5f} "
+            f"best epoch {state['best_epoch']} patience {state['patience']}")
+        if state["patience"] >= cfg.patience:
+            state["stopped_early"] = True
+        if checkpoint:
+            torch.save({"config": asdict(cfg), "model": model.state_dict(),
+                        "optimizer": optimizer.state_dict(), "rng": _rng_state(rs), "state": state},
+                       checkpoint)
+    return {"config": asdict(cfg), "selected_on": select_split, "best_epoch": state["best_epoch"],
+            "best": state["best"], "epochs_run": state["epoch"], "stopped_early": state["stopped_early"],
+            "history": state["history"], "wall_s": time.time() - t_start}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m reimpl.dllm2rec.train", description=__doc__.splitlines()[0])
+    ap.add_argument("--data-dir", required=True, help="folder holding data/<name>/ and tocf/<name>/")
+    ap.add_argument("--out", default=None, help="metrics JSON path (default: stdout)")
+    ap.add_argument("--checkpoint", default=None, help="checkpoint written after every epoch")
+    ap.add_argument("--resume", action="store_true", help="continue from --checkpoint if it exists")
+    ap.add_argument("--no-progress", action="store_true")
+    add_arguments(ap)
+    a = ap.parse_args(argv)
+    cfg = from_namespace(a)
+    data = load_data(a.data_dir, cfg.data, need_rank=cfg.lam != 0, need_emb=cfg.ed_weight != 0,
+                     candidate_topk=cfg.candidate_topk, d_llm=cfg.d_llm)
+    log = (lambda m: print(m, file=sys.stderr))
+    metrics = train(cfg, data, checkpoint=a.checkpoint, resume=a.resume, log=log,
+                    progress=not a.no_progress)
+    text = json.dumps(metrics, indent=1, default=float)
+    if a.out:
+        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(a.out).write_text(text)
+    else:
+        print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

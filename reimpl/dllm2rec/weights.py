@@ -1,0 +1,45 @@
+"""Importance weights of the teacher's top-K candidates. Mirrors DLLM2Rec ``main.py:434-459``.
+
+``weight = normalize(g_pos * w_rank + g_conf * w_confidence + g_cons * w_consistency)`` with
+``w_rank = softmax(-rank / temperature)`` over ranks ``1..K`` (temperature hard-coded 1, ``_lambda``),
+``w_confidence = normalize(exp(-confidence) + 1e-8)`` (the teacher's confidence file holds distances:
+lower is better) and ``w_consistency = 1[candidate in the student's top-K] + 1e-8``.
+
+The 1e-8 of the consistency weight is added to an int tensor, giving float32: ``1 + 1e-8`` rounds
+to 1 there, ``0 + 1e-8`` stays 1e-8 (kept in both modes; its effect on ``weight`` is below 1e-8).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class RDWeights:
+    rank: torch.Tensor         # [B, K] float32
+    consistency: torch.Tensor  # [B, K] float32
+    confidence: torch.Tensor   # [B, K] float32 (dtype of the confidence input)
+    weight: torch.Tensor       # [B, K] normalized composition
+
+
+def rd_weights(model_output: torch.Tensor, candidates: torch.Tensor, confidence: torch.Tensor,
+               gamma_position: float = 0.3, gamma_confidence: float = 0.5,
+               gamma_consistency: float = 0.1, rank_temperature: float = 1.0) -> RDWeights:
+    """model_output ``[B, I]``; candidates ``[B, K]`` long; confidence ``[B, K]``. No gradient flows."""
+    if candidates.dim() != 2 or confidence.shape != candidates.shape:
+        raise ValueError(f"rd_weights: candidates and confidence must both be [B, K], got "
+                         f"{tuple(candidates.shape)} and {tuple(confidence.shape)}")
+    B, K = candidates.shape
+    w_static = torch.exp(-torch.arange(1, K + 1, dtype=torch.float32) / rank_temperature)
+    w_static = w_static.unsqueeze(0).repeat(B, 1)
+    w_rank = (w_static / w_static.sum(1, keepdim=True)).to(candidates.device)
+    # the student's own top-K by a full descending argsort (ties: lower item id first, as on CPU)
+    top = (-model_output.detach()).argsort(dim=1)[:, :K]
+    w_cons = (candidates.unsqueeze(2) == top.unsqueeze(1)).any(dim=2).int() + 1e-8
+    w_conf = torch.exp(-confidence) + 1e-8
+    w_conf = w_conf / w_conf.sum(1, keepdim=True)
+    fin = gamma_position * w_rank + gamma_confidence * w_conf + gamma_consistency * w_cons
+    return RDWeights(rank=w_rank, consistency=w_cons, confidence=w_conf,
+                     weight=fin / fin.sum(1, keepdim=True))
