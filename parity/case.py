@@ -61,6 +61,9 @@ class Case:
     atol: float | None = None
     tolerance_note: str = ""          # required when rtol/atol loosen the defaults
     deviations: list[str] = field(default_factory=list)
+    # optional {deviation id: regex over output names}: which outputs a deviation's effect is read
+    # from (default: all outputs of the case)
+    deviation_outputs: dict[str, str] = field(default_factory=dict)
     needs: list[str] = field(default_factory=list)
     description: str = ""             # one paragraph: what the reference does, how we match it
 
@@ -78,6 +81,9 @@ class Case:
             raise ValueError(
                 f"case {self.name}: tolerance rtol={self.rtol}, atol={self.atol} is looser than the "
                 f"{self.dtype} default ({d_rtol}, {d_atol}); say why in tolerance_note")
+        unknown = set(self.deviation_outputs) - set(self.deviations)
+        if unknown:
+            raise ValueError(f"case {self.name}: deviation_outputs names undeclared deviations {sorted(unknown)}")
         if not self.ref_lines:
             raise ValueError(f"case {self.name}: ref_lines must name the reference file:line it exercises")
 

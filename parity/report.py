@@ -33,15 +33,35 @@ def fmt_err(x: float) -> str:
     return f"{x:.2e}"
 
 
+def _resolve(spec, path: str) -> str:
+    """A path as written in a case/deviation -> its path in the pinned snapshot (unique basename match)."""
+    files = spec.manifest_entries()
+    if path in files:
+        return path
+    hits = [f for f in files if f.endswith("/" + path)]
+    if len(hits) != 1:
+        raise ValueError(f"reference path {path!r} is not in {spec.name} @ {spec.commit[:8]} "
+                         f"({'ambiguous: ' + ', '.join(hits) if hits else 'no such file'})")
+    return hits[0]
+
+
 def ref_link(system: str, ref_line: str) -> str:
-    """'main.py:419-431' -> Markdown link to the file at the pinned commit."""
+    """'main.py:419-431' (or 'a.py:1-2,5; b.py:7') -> Markdown links to the file at the pinned commit."""
     spec = load_lock()[system]
-    m = re.match(r"^([^:]+)(?::(\d+)(?:-(\d+))?)?$", ref_line.strip())
-    if not m:
-        return ref_line
-    path, a, b = m.groups()
-    anchor = f"#L{a}" + (f"-L{b}" if b else "") if a else ""
-    return f"[`{ref_line}`]({spec.url}/blob/{spec.commit}/{path}{anchor})"
+    parts = []
+    for part in re.split(r";\s*", ref_line.strip()):
+        comment = re.search(r"\s*\([^()]*\)\s*$", part)
+        if comment:
+            part = part[:comment.start()]
+        m = re.match(r"^([\w./-]+?)(?::(\d+)(?:-(\d+))?([\d,\s-]*))?$", part)
+        if not m:
+            parts.append(part)
+            continue
+        path, a, b, _rest = m.groups()
+        path = _resolve(spec, path)
+        anchor = f"#L{a}" + (f"-L{b}" if b else "") if a else ""
+        parts.append(f"[`{part}`]({spec.url}/blob/{spec.commit}/{path}{anchor})" + (comment.group(0) if comment else ""))
+    return "; ".join(parts)
 
 
 def our_link(symbol: str) -> str:

@@ -13,6 +13,13 @@ SHARED = Path(os.environ.get("RECPARITY_SHARED", ROOT.parent / "shared"))
 
 sys.dont_write_bytecode = True  # never write bytecode next to reference files
 
+try:  # small kernels on 2 shared cores: one intra-op thread avoids oversubscription (and is deterministic)
+    import torch
+
+    torch.set_num_threads(1)
+except ImportError:  # pragma: no cover
+    pass
+
 
 @pytest.fixture(scope="session")
 def shared_dir() -> Path:

@@ -22,7 +22,7 @@ SEQ_LEN = 10
 declare(Deviation(
     id="ILORA-ID2NAME-SPLIT",
     system="iLoRA",
-    ref="data/lastfm_data.py:68 (same in steam_data.py:73)",
+    ref="data/lastfm_data.py:68; data/steam_data.py:73",
     what="id2name.txt lines are split on every '::' and only field 1 kept, so a name containing '::' is cut "
          "(Steam id 354 'Depths of Fear :: Knossos' becomes 'Depths of Fear'; no LastFM name has '::')",
     why="the prompt shows a truncated artist name",

@@ -33,7 +33,7 @@ SEQ_LEN = 10
 declare(Deviation(
     id="ILORA-ML-TIEBREAK",
     system="iLoRA",
-    ref="data/ref/movielens/Val_data.df, Test_data.df (preprocessing script not published)",
+    ref="data/ref/movielens/Val_data.df; data/ref/movielens/Test_data.df (preprocessing script not published)",
     what="ratings sharing a (user, timestamp) are ordered by numpy's unstable introsort argsort of that user's "
          "timestamps (pandas sort_values default kind='quicksort' on numpy without the SIMD sorts); the order "
          "depends on the sort algorithm, not on the data",

@@ -24,7 +24,7 @@ declare(Deviation(
 
 declare(Deviation(
     id="ILORA-SASREC-LEN0", system=SYSTEM,
-    ref="recommender/A_SASRec_final_bce_llm.py:183,215 + :13-18 (extract_axis_1)",
+    ref="recommender/A_SASRec_final_bce_llm.py:13-18,183,215 (extract_axis_1 and its callers)",
     what="The user state is read at position len_states - 1; a length of 0 indexes -1, i.e. the last "
          "(padded) position, silently.",
     why="An empty history yields the encoder output of a padding slot (ln_3.bias-like) instead of an error.",
