@@ -82,7 +82,6 @@ def random_tensors(seed: int) -> dict[str, np.ndarray]:
     t = build_reimpl_teacher("faithful")
     rng = np.random.default_rng(seed)
     out: dict[str, np.ndarray] = {}
-    n_base = t.tokenizer.vocab_size if hasattr(t.tokenizer, "vocab_size") else None
     for k, v in t.state_dict().items():
         rk = reference_key(k)
         shape = tuple(v.shape)
@@ -102,11 +101,10 @@ def random_tensors(seed: int) -> dict[str, np.ndarray]:
         elif rk.endswith("embed_tokens.weight") or rk.endswith("lm_head.weight"):
             # only the rows of the 5 added tokens are random (resize_token_embeddings)
             out[rk + "#new_rows"] = rng.standard_normal((5, shape[1])) * 0.02
-    del n_base
     return out
 
 
-def apply_tensors(module, named_params, tensors: dict[str, np.ndarray], key) -> None:
+def apply_tensors(module, tensors: dict[str, np.ndarray], key) -> None:
     """Write ``tensors`` (reference names) into ``module``'s state (``key`` maps own -> reference name)."""
     import torch
 
@@ -195,7 +193,7 @@ def run_reference(inputs: dict) -> dict:
     import torch
 
     _, m = build_reference(dtype=_dtype(inputs))
-    apply_tensors(m, m.named_parameters(), _weights(inputs), key=lambda k: k)
+    apply_tensors(m, _weights(inputs), key=lambda k: k)
     m.train()  # Lightning 1.x fit: the whole module in train mode (rec_model included)
     torch.manual_seed(int(inputs["forward_seed"]))
     out = m(reference_batch(inputs))
@@ -212,7 +210,7 @@ def run_reimpl(inputs: dict, mode: str) -> dict:
     from reimpl.ilora.teacher import reference_key
 
     t = build_reimpl_teacher(mode, dtype=_dtype(inputs))
-    apply_tensors(t, t.named_parameters(), _weights(inputs), key=reference_key)
+    apply_tensors(t, _weights(inputs), key=reference_key)
     t.train()
     torch.manual_seed(int(inputs["forward_seed"]))
     out = t(reimpl_batch(inputs))

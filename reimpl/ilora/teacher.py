@@ -1,0 +1,289 @@
+"""The iLoRA teacher: LLM + MoE-LoRA + projector + shared router + frozen SASRec, composed.
+
+Mirrors ``MInterface`` of AkaliKong/iLoRA @ 28e47371 (``model/model_interface.py``) for the
+configuration of ``train_lastfm.sh`` (``--llm_tuning moelora --router share --gating Dense
+--rec_embed SASRec --model_name mlp_projector --loss lm``):
+
+* ``load_llm`` (l.311-382): tokenizer edits (pad ``[PAD]``, right padding, ``[PH]``, ``[HistoryEmb]``,
+  ``[CansEmb]``, ``[ItemEmb]``), ``resize_token_embeddings``, MoE-LoRA on q/k/v/o/gate/up/down
+  -> :func:`build_teacher` (:func:`reimpl.llm.tiny.add_ilora_tokens`, :mod:`reimpl.ilora.moe_lora`);
+* ``__init__`` (l.24-35): ``build_router()`` (:mod:`reimpl.ilora.router`), ``load_rec_model`` (frozen
+  SASRec, :mod:`reimpl.ilora.sasrec`), ``load_projector`` (:mod:`reimpl.ilora.projector`);
+* ``forward`` (l.37-68) -> :meth:`ILoRATeacher.forward`: ``wrap_emb`` (:mod:`reimpl.ilora.prompt`),
+  gate = router(user state), LLM on ``inputs_embeds`` with the gate, LM loss on the answer tokens
+  (:mod:`reimpl.ilora.loss`);
+* ``generate`` (l.70-113) -> :meth:`ILoRATeacher.generate`; ``validation_step`` / ``test_step`` +
+  ``calculate_hr1`` -> :meth:`ILoRATeacher.evaluate` (:mod:`reimpl.ilora.evaluate`).
+
+Teacher outputs for DLLM2Rec (not in the reference; DLLM2Rec ships only the files, see
+:mod:`reimpl.ilora.export`), derived as follows:
+
+* **ranking + confidence** (:meth:`ILoRATeacher.score_candidates`): for row i with candidate items
+  ``C_i`` (the prompt's candidate list), each candidate c is scored by the teacher's log-likelihood of
+  its title as the answer, ``s(i, c) = sum_t log p(answer_t | prompt_i, answer_<t)`` over the tokens
+  of ``title_c + terminator`` (the exact quantity the LM loss trains), computed with row i's gate and
+  injected embeddings (teacher forcing, one forward over all ``B * C`` (prompt, candidate) pairs).
+  The top-K candidates by ``s`` form ``myrank_train.txt``; ``confidence = -log softmax_c s(i, c)`` (a
+  distance: DLLM2Rec weights by ``exp(-confidence)`` = the teacher's candidate probability).
+* **item embeddings** (:meth:`ILoRATeacher.item_embeddings`): ``source="llm"``: each item title
+  alone through the adapted LLM (uniform gate 1/E: no user), last-layer hidden states mean-pooled
+  over the title's tokens -> ``[item_num, d_llm]``; ``source="projector"``: the projected SASRec item
+  embedding (what the teacher injects into prompts, ``projector(cacu_x(id))``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from reimpl.deviations import check_mode
+from reimpl.ilora import deviations_teacher  # noqa: F401  (declares this module's deviations)
+from reimpl.ilora.evaluate import HR1Result, first_line, hr1_valid_ratio
+from reimpl.ilora.loss import causal_lm_loss, lm_targets, sequence_logprob
+from reimpl.ilora.moe_lora import LLAMA_TARGETS, MoeLoraConfig, wrap_moe_lora
+from reimpl.ilora.projector import MlpProjector, encode_items
+from reimpl.ilora.prompt import PlaceholderIds, fill_prompt, placeholder_ids, wrap_emb
+from reimpl.ilora.router import RouterConfig, build_router
+from reimpl.ilora.sasrec import SASRec
+
+
+@dataclass
+class TeacherConfig:
+    """main.py defaults + train_lastfm.sh (see ``parity.shims.ilora.lastfm_args``)."""
+    rec_size: int = 64
+    lora_r: int = 8
+    lora_alpha: float = 32
+    lora_dropout: float = 0.1
+    num_moe: int = 4
+    gating: str = "Dense"
+    router: str = "share"
+    target_modules: tuple[str, ...] = LLAMA_TARGETS
+    terminator: str = "\n"          # data_interface.py:21
+    mode: str = "faithful"
+
+    def __post_init__(self) -> None:
+        check_mode(self.mode)
+        if self.router != "share":
+            raise ValueError(f"TeacherConfig.router: only 'share' is supported (train_lastfm.sh); got "
+                             f"{self.router!r} (the reference's 'unshare' path has no router and fails)")
+
+
+@dataclass
+class TeacherOutput:
+    loss: torch.Tensor          # scalar
+    logits: torch.Tensor        # [B, L, V]
+    labels: torch.Tensor        # [B, L]
+    gate: torch.Tensor          # [B, E]
+
+
+def _tensor(x: Any, name: str, dtype=torch.long) -> torch.Tensor:
+    if isinstance(x, torch.Tensor):
+        return x
+    try:
+        return torch.as_tensor(x, dtype=dtype)
+    except Exception as e:  # noqa: BLE001
+        raise ValueError(f"batch[{name!r}]: expected a tensor-like, got {type(x).__name__}") from e
+
+
+class ILoRATeacher(nn.Module):
+    """``forward(batch) -> TeacherOutput``; ``generate(batch) -> list[str]``.
+
+    A batch is a dict with ``input_ids [B, L]``, ``attention_mask [B, L]``, ``token_type_ids [B, L]``
+    (aligned; train batches only), ``seq [B, S]``, ``cans [B, C]``, ``len_seq [B]``, ``len_cans [B]``,
+    ``item_id [B]`` and, for evaluation, ``correct_answer`` ``[B]`` and ``cans_name`` ``[B][C]``.
+    """
+
+    def __init__(self, llama_model: nn.Module, tokenizer, rec_model: SASRec, projector: MlpProjector,
+                 router: nn.Module, cfg: TeacherConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.llama_model = llama_model      # MoeLoraModel around the HF causal LM
+        self.tokenizer = tokenizer
+        self.rec_model = rec_model
+        self.projector = projector
+        self.router = router
+        self.ph_ids: PlaceholderIds = placeholder_ids(tokenizer)
+        # .train() reaches the frozen SASRec too, as Lightning 1.x's fit did (ILORA-REC-TRAIN-MODE:
+        # faithful draws SASRec dropout in training; fixed's encode_users never does).
+
+    # -- model pieces -------------------------------------------------------------------------
+    @property
+    def hf_model(self) -> nn.Module:
+        return self.llama_model.model
+
+    def wrap_emb(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """(inputs_embeds ``[B, L, D]``, user_embeds ``[B, 1, H]``) (model_interface.py:436-466)."""
+        for k in ("input_ids", "seq", "cans", "len_seq", "len_cans", "item_id"):
+            if k not in batch:
+                raise KeyError(f"teacher batch lacks {k!r} (expected keys: input_ids, attention_mask, seq, cans, "
+                               "len_seq, len_cans, item_id[, token_type_ids])")
+        return wrap_emb(self.llama_model.get_input_embeddings(), self.rec_model, self.projector, self.ph_ids,
+                        batch["input_ids"], _tensor(batch["seq"], "seq"), _tensor(batch["cans"], "cans"),
+                        _tensor(batch["item_id"], "item_id"), _tensor(batch["len_seq"], "len_seq"),
+                        _tensor(batch["len_cans"], "len_cans"), mode=self.cfg.mode)
+
+    def gate(self, user_embeds: torch.Tensor) -> torch.Tensor:
+        """Per-sample expert weights ``[B, E]`` from the user state (model_interface.py:47-48)."""
+        return self.router(user_embeds)
+
+    # -- training -----------------------------------------------------------------------------
+    def labels(self, batch: dict) -> torch.Tensor:
+        if "token_type_ids" not in batch:
+            raise KeyError("teacher batch lacks 'token_type_ids' (needed to find the answer tokens)")
+        special = torch.tensor([self.tokenizer.bos_token_id]) if self.tokenizer.bos_token_id is not None else None
+        return lm_targets(batch["input_ids"], batch["token_type_ids"], self.tokenizer.pad_token_id,
+                          mode=self.cfg.mode, special_ids=special)
+
+    def forward(self, batch: dict) -> TeacherOutput:
+        """LM loss of the answer given the prompt (model_interface.py:37-58, 289-294)."""
+        labels = self.labels(batch)
+        embeds, user = self.wrap_emb(batch)
+        gate = self.gate(user)
+        out = self.llama_model(inputs_embeds=embeds, attention_mask=batch["attention_mask"], use_cache=False,
+                               return_dict=True, gate_weights=gate)
+        return TeacherOutput(causal_lm_loss(out.logits, labels), out.logits, labels, gate)
+
+    # -- generation / evaluation --------------------------------------------------------------
+    @torch.no_grad()
+    def generate(self, batch: dict, max_new_tokens: int = 64, min_new_tokens: int = 1, num_beams: int = 1,
+                 do_sample: bool = False, temperature: float = 0.8, repetition_penalty: float = 1.0,
+                 length_penalty: float = 1.0) -> list[str]:
+        """Greedy answers, decoded and stripped (model_interface.py:70-113; defaults as there)."""
+        embeds, user = self.wrap_emb(batch)
+        gate = self.gate(user)
+        kw = dict(inputs_embeds=embeds, attention_mask=batch["attention_mask"], max_new_tokens=max_new_tokens,
+                  min_new_tokens=min_new_tokens, num_beams=num_beams, do_sample=do_sample,
+                  pad_token_id=self.tokenizer.pad_token_id, repetition_penalty=repetition_penalty,
+                  length_penalty=length_penalty, num_return_sequences=1)
+        if do_sample:
+            kw["temperature"] = temperature
+        ids = self.llama_model.generate(gate_weights=gate, **kw)
+        text = self.tokenizer.batch_decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+        return [t.strip() for t in text]
+
+    @torch.no_grad()
+    def evaluate(self, batches, max_new_tokens: int = 64, mode: str | None = None) -> tuple[HR1Result, list[dict]]:
+        """validation/test loop: generate, keep the first line, HR@1 + ValidRatio (l.158-220, 468-492)."""
+        rows = []
+        for b in batches:
+            for g, r, c in zip(self.generate(b, max_new_tokens=max_new_tokens), b["correct_answer"], b["cans_name"]):
+                rows.append({"generate": first_line(g), "real": r, "cans": list(c)})
+        if not rows:
+            raise ValueError("ILoRATeacher.evaluate: no batches")
+        res = hr1_valid_ratio([r["generate"] for r in rows], [r["real"] for r in rows],
+                              [r["cans"] for r in rows], mode=mode or self.cfg.mode)
+        return res, rows
+
+    # -- teacher outputs for DLLM2Rec ---------------------------------------------------------
+    @torch.no_grad()
+    def score_candidates(self, batch: dict, cans_titles: Sequence[Sequence[str]],
+                         prompts: Sequence[str]) -> torch.Tensor:
+        """Log-likelihood ``[B, C]`` of each candidate title (+ terminator) as the answer to row i's prompt.
+
+        ``prompts``: row i's filled prompt text (with ``[HistoryEmb]``/``[CansEmb]``), ``cans_titles``:
+        ``[B][C]`` titles of ``batch['cans']``. Row i's gate and item embeddings are shared by its C pairs.
+        """
+        cans = _tensor(batch["cans"], "cans")
+        b, c = cans.shape
+        if len(prompts) != b or len(cans_titles) != b or any(len(t) != c for t in cans_titles):
+            raise ValueError(f"score_candidates: need {b} prompts and [B={b}][C={c}] titles")
+        pairs = [[prompts[i], cans_titles[i][j] + self.cfg.terminator] for i in range(b) for j in range(c)]
+        tok = self.tokenizer(pairs, return_tensors="pt", padding="longest", truncation=False,
+                             add_special_tokens=True, return_attention_mask=True, return_token_type_ids=True)
+        rep = lambda x: _tensor(x, "x").repeat_interleave(c, dim=0)  # noqa: E731
+        flat = {"input_ids": tok["input_ids"], "attention_mask": tok["attention_mask"],
+                "token_type_ids": tok["token_type_ids"], "seq": rep(batch["seq"]), "cans": rep(batch["cans"]),
+                "len_seq": rep(batch["len_seq"]), "len_cans": rep(batch["len_cans"]),
+                "item_id": rep(batch["item_id"])}
+        out = self.forward(flat)
+        return sequence_logprob(out.logits, out.labels).reshape(b, c)
+
+    @torch.no_grad()
+    def item_embeddings(self, titles: Sequence[str] | None = None, item_ids: torch.Tensor | None = None,
+                        source: str = "llm", batch_size: int = 64) -> torch.Tensor:
+        """``[N, d_llm]`` item embeddings (see the module docstring for both sources)."""
+        if source == "projector":
+            if item_ids is None:
+                raise ValueError("item_embeddings(source='projector') needs item_ids [N]")
+            return encode_items(self.rec_model, self.projector, item_ids)
+        if source != "llm":
+            raise ValueError(f"item_embeddings: source must be 'llm' or 'projector', got {source!r}")
+        if not titles:
+            raise ValueError("item_embeddings(source='llm') needs item titles")
+        e = self.router.cfg.num_experts if hasattr(self.router, "cfg") else self.cfg.num_moe
+        outs = []
+        for s in range(0, len(titles), batch_size):
+            tok = self.tokenizer(list(titles[s:s + batch_size]), return_tensors="pt", padding="longest",
+                                 add_special_tokens=True)
+            n = tok["input_ids"].shape[0]
+            gate = torch.full((n, e), 1.0 / e)
+            h = self.llama_model(input_ids=tok["input_ids"], attention_mask=tok["attention_mask"],
+                                 output_hidden_states=True, use_cache=False, return_dict=True,
+                                 gate_weights=gate).hidden_states[-1]
+            m = tok["attention_mask"].unsqueeze(-1).to(h.dtype)
+            outs.append((h * m).sum(1) / m.sum(1))
+        return torch.cat(outs)
+
+    def prompt_texts(self, template: str, seq_names: Sequence[Sequence[str]],
+                     cans_names: Sequence[Sequence[str]]) -> list[str]:
+        """Evaluation-style prompts (embedding placeholders) for a batch (data_interface.py:40-53)."""
+        return [fill_prompt(template, s, c, with_embeddings=True) for s, c in zip(seq_names, cans_names)]
+
+
+def prepare_tokenizer(tokenizer):
+    """The reference's load-time tokenizer edits (model_interface.py:314-317), in place."""
+    from reimpl.llm.tiny import add_ilora_tokens
+
+    return add_ilora_tokens(tokenizer)
+
+
+def build_teacher(llm: nn.Module, tokenizer, rec_model: SASRec, cfg: TeacherConfig | None = None) -> ILoRATeacher:
+    """Assemble the teacher as ``MInterface.__init__`` does (model_interface.py:24-35, 311-412).
+
+    ``llm``: a HF causal LM (tiny random Llama, SmolLM2, Llama-2); ``tokenizer``: its tokenizer,
+    *unmodified* (the iLoRA tokens are added here); ``rec_model``: a loaded SASRec (frozen here).
+    """
+    cfg = cfg or TeacherConfig()
+    prepare_tokenizer(tokenizer)
+    llm.resize_token_embeddings(len(tokenizer))
+    llama = wrap_moe_lora(llm, MoeLoraConfig(r=cfg.lora_r, num_moe=cfg.num_moe, lora_alpha=cfg.lora_alpha,
+                                             lora_dropout=cfg.lora_dropout, target_modules=cfg.target_modules,
+                                             gating=cfg.gating, mode=cfg.mode))
+    router = build_router(RouterConfig(kind="share", num_moe=cfg.num_moe, mode=cfg.mode))
+    rec_model.eval()
+    rec_model.requires_grad_(False)
+    projector = MlpProjector(rec_size=cfg.rec_size, llm_size=llm.config.hidden_size)
+    return ILoRATeacher(llama, tokenizer, rec_model, projector, router, cfg)
+
+
+# -- reference state mapping (parity, checkpoints) ------------------------------------------------
+def reference_key(key: str) -> str:
+    """Teacher state-dict key -> the reference ``MInterface`` key."""
+    if key.startswith("llama_model.model."):
+        key = "llama_model.base_model.model." + key[len("llama_model.model."):]
+        key = key.replace(".base_layer.", ".")
+    return key
+
+
+def load_reference_state(teacher: ILoRATeacher, ref_state: dict[str, torch.Tensor], strict: bool = True) -> None:
+    """Copy a reference ``MInterface.state_dict()`` into the teacher (names mapped by :func:`reference_key`)."""
+    own = teacher.state_dict()
+    mapped = {}
+    missing = []
+    for k in own:
+        rk = reference_key(k)
+        if rk in ref_state:
+            mapped[k] = ref_state[rk]
+        else:
+            missing.append(rk)
+    if strict and missing:
+        raise KeyError(f"load_reference_state: reference state lacks {len(missing)} keys, e.g. {missing[:5]}")
+    teacher.load_state_dict(mapped, strict=strict)
+
+
+def trainable_names(teacher: ILoRATeacher) -> list[str]:
+    """Reference-named trainable parameters (requires_grad), sorted."""
+    return sorted(reference_key(n) for n, p in teacher.named_parameters() if p.requires_grad)
