@@ -25,10 +25,14 @@ class TensorResult:
     max_rel: float = 0.0
     first_mismatch: str = ""
     note: str = ""
+    # max over elements of |a - b| / (atol + rtol * |b|): <= 1 passes; the relative error alone is
+    # meaningless where the reference value is ~0 and atol decides
+    tol_ratio: float = 0.0
 
     def as_dict(self) -> dict:
         return {"name": self.name, "ok": self.ok, "shape": list(self.shape), "max_abs": self.max_abs,
-                "max_rel": self.max_rel, "first_mismatch": self.first_mismatch, "note": self.note}
+                "max_rel": self.max_rel, "tol_ratio": self.tol_ratio, "first_mismatch": self.first_mismatch,
+                "note": self.note}
 
 
 @dataclass
@@ -49,6 +53,10 @@ class Comparison:
     @property
     def max_rel(self) -> float:
         return max((t.max_rel for t in self.tensors), default=0.0)
+
+    @property
+    def tol_ratio(self) -> float:
+        return max((t.tol_ratio for t in self.tensors), default=0.0)
 
     def failures(self) -> list[str]:
         out = [f"{t.name}: {t.note or 'mismatch'} (max abs {t.max_abs:.3g}, max rel {t.max_rel:.3g}"
@@ -79,12 +87,17 @@ def compare_arrays(name: str, ours: np.ndarray, ref: np.ndarray, rtol: float, at
         rel = np.where(both & ~inf_same, diff / denom, 0.0)
     max_abs = float(np.max(diff)) if diff.size else 0.0
     max_rel = float(np.max(rel)) if rel.size else 0.0
+    tol_ratio = 0.0
     if exact:
         bad = (a != b) & both
+        tol_ratio = float("inf") if bad.any() else 0.0
     else:
         with np.errstate(invalid="ignore"):  # rtol 0 * inf (equal infinities have diff 0 anyway)
             bound = atol + rtol * np.abs(np.where(both & ~inf_same, b, 0.0))
         bad = (diff > bound) & both
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ratio = np.where(diff > 0, diff / bound, 0.0)
+        tol_ratio = float(np.max(ratio)) if ratio.size else 0.0
     bad |= nan_a != nan_b
     ok = nan_ok and not bad.any()
     first = ""
@@ -95,7 +108,7 @@ def compare_arrays(name: str, ours: np.ndarray, ref: np.ndarray, rtol: float, at
     note = "" if nan_ok else "NaN positions differ"
     if exact and not ok and not note:
         note = "integer values differ"
-    return TensorResult(name, ok, ref.shape, max_abs, max_rel, first, note)
+    return TensorResult(name, ok, ref.shape, max_abs, max_rel, first, note, tol_ratio)
 
 
 def _deepdiff_text(ours: Any, ref: Any) -> str:

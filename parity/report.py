@@ -67,7 +67,8 @@ def ref_link(system: str, ref_line: str) -> str:
 def our_link(symbol: str) -> str:
     """'reimpl/dllm2rec/losses.py:dro_loss' -> link relative to reports/."""
     path, _, name = symbol.partition(":")
-    return f"[`{path}{':' + name if name else ''}`](../{path})"
+    target = path.rsplit("/", 1)[0] + "/" if "{" in path else path  # "a/{x,y}.py": link the folder
+    return f"[`{path}{':' + name if name else ''}`](../{target})"
 
 
 def _section_verdict(results) -> str:

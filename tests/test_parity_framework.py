@@ -82,7 +82,8 @@ def test_golden_roundtrip_and_verdicts(tmp_path, monkeypatch):
     dev = _toy_case(deviations=["TOY-SHIFT"])
     res = R.run_case(dev, live=False)
     assert res.verdict == R.VERDICT_DEV
-    assert [(e.id, e.output, e.max_abs) for e in res.effects] == [("TOY-SHIFT", "y", 1.0), ("TOY-SHIFT", "keys", 0.0)]
+    assert [(e.id, e.worst_output, e.max_abs, e.n_changed, e.n_outputs) for e in res.effects] == [
+        ("TOY-SHIFT", "y", 1.0, 1, 2)]
 
 
 def test_missing_golden_without_live_fails(tmp_path, monkeypatch):
@@ -118,3 +119,19 @@ def test_report_renders_summary(tmp_path, monkeypatch):
                   live_available={})
     assert "## Summary" in text and "`toy.affine`" in text and "Not reproduced" in text
     assert "## Declared deviations" in text and "Generated:" in text
+
+
+def test_large_inputs_stored_as_digest_and_regenerated(tmp_path, monkeypatch):
+    monkeypatch.setattr(G, "GOLDEN_DIR", tmp_path)
+    monkeypatch.setattr(G, "LARGE_INPUT_BYTES", 64)  # x (4x3 float64 = 96 bytes) becomes a digest
+    case = _toy_case()
+    inputs = case.make_inputs(case.seed)
+    G.write(case, inputs, case.run_reference(inputs), ref_commit="0" * 40)
+    g = G.load(case.name)
+    assert "x" not in g.inputs and g.input_digests["x"]["shape"] == [4, 3]
+    assert R.run_case(case, live=False).verdict == R.VERDICT_OK
+    # a generator that no longer reproduces the recorded input is caught through the digest
+    drifted = _toy_case()
+    drifted.make_inputs = lambda seed: {"x": np.ones((4, 3)), "scale": 2.0}
+    res = R.run_case(drifted, live=False)
+    assert res.verdict == R.VERDICT_FAIL and "digest" in res.input_drift

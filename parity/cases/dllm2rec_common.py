@@ -82,8 +82,18 @@ def len_arg(name: str, lens: np.ndarray):
     return torch.as_tensor(lens) if name == "SASRec" else [int(x) for x in lens]
 
 
-def flat_params(model: torch.nn.Module) -> np.ndarray:
-    return torch.cat([p.detach().reshape(-1).double() for p in model.parameters()]).numpy()
+def flat_params(model: torch.nn.Module, skip: tuple[str, ...] = ()) -> np.ndarray:
+    return torch.cat([p.detach().reshape(-1).double() for n, p in model.named_parameters()
+                      if not n.startswith(skip)]).numpy()
+
+
+def param_digests(model: torch.nn.Module, names: tuple[str, ...] | None = None) -> dict[str, str]:
+    """{name: sha256 of the parameter's bytes (native dtype)}: an exact, compact check for tensors that
+    must be bit-identical (initialization), kept small in the golden files."""
+    import hashlib
+
+    return {n: hashlib.sha256(p.detach().contiguous().numpy().tobytes()).hexdigest()
+            for n, p in model.named_parameters() if names is None or n.startswith(names)}
 
 
 def structure(model: torch.nn.Module) -> list[list]:

@@ -34,7 +34,8 @@ def _run(inputs: dict, build, forward, dtype: torch.dtype, with_llm: bool) -> di
     for name in C.MODELS:
         torch.manual_seed(inputs["init_seed"])
         model = build(name)
-        out[f"{name}.init_params"] = C.flat_params(model)
+        # initialization must be bit-identical (same RNG order): compared as per-parameter sha256 digests
+        out[f"{name}.init_digests"] = C.param_digests(model)
         out[f"{name}.state_dict"] = C.structure(model)
         model.load_state_dict(C.state_dict_from(inputs, name, dtype))
         model.to(dtype)
