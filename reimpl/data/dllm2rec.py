@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .frames import int_column, read_pickle_frame, require_columns, split_to_frame
+from .frames import int_column, read_pickle_frame, require_columns, select_splits, split_to_frame
 from .types import DataError, SeqDataset, SeqSplit, fail, to_int, to_int64_matrix
 
 FILES = {"train": "train_data.df", "val": "val_data.csv", "test": "test_data.csv"}
@@ -111,15 +111,8 @@ def load_dllm2rec(data_dir: str | Path, name: str | None = None,
     """
     data_dir = Path(data_dir)
     seq_len, item_num = read_statis(data_dir / STATIS)
-    if splits is None:
-        splits = tuple(k for k, f in FILES.items() if (data_dir / f).is_file())
-        if not splits:
-            raise DataError(f"{data_dir}: no split file ({', '.join(FILES.values())}) found")
     out = {}
-    for k in splits:
-        if k not in FILES:
-            raise DataError(f"{data_dir}: unknown split {k!r} (expected one of {list(FILES)})")
-        path = data_dir / FILES[k]
+    for k, path in select_splits(data_dir, FILES, splits).items():
         out[k] = (read_train_frame(path, item_num, seq_len) if k == "train"
                   else read_eval_csv(path, k, item_num, seq_len))
     return SeqDataset(name=name or data_dir.name, item_num=item_num, padding_id=item_num, seq_len=seq_len,

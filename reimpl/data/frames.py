@@ -18,6 +18,18 @@ from .types import PADDING_RATING, DataError, SeqSplit, fail, to_int, to_int64_m
 COLUMNS = ("seq", "len_seq", "next")
 
 
+def select_splits(data_dir: Path, files: dict[str, str], splits) -> dict[str, Path]:
+    """{split: path} for the requested splits (None: every split whose file exists, at least one)."""
+    if splits is None:
+        splits = tuple(k for k, f in files.items() if (data_dir / f).is_file())
+        if not splits:
+            raise DataError(f"{data_dir}: no split file ({', '.join(files.values())}) found")
+    for k in splits:
+        if k not in files:
+            raise DataError(f"{data_dir}: unknown split {k!r} (expected one of {list(files)})")
+    return {k: data_dir / files[k] for k in splits}
+
+
 def read_pickle_frame(path: Path) -> pd.DataFrame:
     """Unpickle a DataFrame; a missing file or any other object raises DataError naming the file."""
     path = Path(path)

@@ -12,7 +12,7 @@ import shutil
 from pathlib import Path
 
 from ..deviations import Deviation, check_mode, declare
-from .frames import read_pickle_frame, split_to_frame, frame_to_split
+from .frames import frame_to_split, read_pickle_frame, select_splits, split_to_frame
 from .types import DataError, SeqDataset, SeqSplit, fail
 
 FILES = {"train": "train_data.df", "val": "Val_data.df", "test": "Test_data.df"}
@@ -133,15 +133,8 @@ def load_ilora(data_dir: str | Path, name: str | None = None, splits: tuple[str,
         if name not in ITEM_NUM:
             raise DataError(f"{data_dir}: unknown iLoRA data set {name!r}; pass item_num (known: {sorted(ITEM_NUM)})")
         item_num = ITEM_NUM[name]
-    if splits is None:
-        splits = tuple(k for k, f in FILES.items() if (data_dir / f).is_file())
-        if not splits:
-            raise DataError(f"{data_dir}: no split file ({', '.join(FILES.values())}) found")
-    out = {}
-    for k in splits:
-        if k not in FILES:
-            raise DataError(f"{data_dir}: unknown split {k!r} (expected one of {list(FILES)})")
-        out[k] = read_ilora_split(data_dir / FILES[k], k, item_num, seq_len)
+    out = {k: read_ilora_split(path, k, item_num, seq_len)
+           for k, path in select_splits(data_dir, FILES, splits).items()}
     if any(s.seq_ratings is not None for s in out.values()):  # MovieLens: every split carries ratings
         for k, s in out.items():
             if s.seq_ratings is None:
