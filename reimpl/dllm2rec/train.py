@@ -24,12 +24,14 @@ from __future__ import annotations
 
 import argparse
 import ast
+import dataclasses
 import json
 import math
 import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -115,6 +117,31 @@ def load_data(data_dir: str | Path, name: str, *, need_rank: bool, need_emb: boo
 
 
 @dataclass
+class TrainHooks:
+    """Optional extension points (used by :mod:`reimpl.extensions`); all ``None`` = the reference loop,
+    bit for bit. Not in the reference.
+
+    * ``kd_weight(rows [B], model_output [B, I]) -> [B]``: per-row factor on the ranking-distillation
+      weights (``weight[b, :] *= f[b]``, after their normalization); only used when ``lam != 0``.
+    * ``extra_loss(rows [B], seq_repr [B, H]) -> scalar``: added to the loss (already weighted);
+      ``seq_repr`` is the student's sequence representation, the input of its output layer ``s_fc``.
+    * ``extra_params``: trained with the student (a second Adam parameter group, same lr/decay).
+    * ``init_model(model)``: called once after the student is built, before the optimizer (warm starts).
+    * ``on_epoch_end(model, epoch) -> dict | None``: extra metrics stored as ``rec["ext"]``.
+    * ``on_end(model)``: called with the final student.
+
+    Checkpoints hold the student and its optimizer only: state kept by the hooks themselves (e.g. the
+    ``extra_params`` values) is not saved, so resuming a hooked run restarts those from their init.
+    """
+    kd_weight: Callable[[np.ndarray, torch.Tensor], torch.Tensor] | None = None
+    extra_loss: Callable[[np.ndarray, torch.Tensor], torch.Tensor] | None = None
+    extra_params: list = field(default_factory=list)
+    init_model: Callable[[nn.Module], None] | None = None
+    on_epoch_end: Callable[[nn.Module, int], dict | None] | None = None
+    on_end: Callable[[nn.Module], None] | None = None
+
+
+@dataclass
 class StepResult:
     loss: torch.Tensor
     parts: dict = field(default_factory=dict)
@@ -123,9 +150,12 @@ class StepResult:
 def batch_loss(model: nn.Module, cfg: DLLM2RecConfig, seq: torch.Tensor, len_seq: torch.Tensor,
                target: torch.Tensor, *, ps: torch.Tensor | None, candidates: torch.Tensor | None,
                confidence: torch.Tensor | None, llm_table: torch.Tensor | None,
-               item_num: int, generator: torch.Generator | None = None) -> StepResult:
+               item_num: int, generator: torch.Generator | None = None,
+               kd_weight: Callable[[torch.Tensor], torch.Tensor] | None = None) -> StepResult:
     """Loss of one batch (main.py:381-486). seq ``[B, L]``, len_seq ``[B]``, target ``[B]``,
-    candidates/confidence ``[B, >=K]`` rows of the teacher files for this batch."""
+    candidates/confidence ``[B, >=K]`` rows of the teacher files for this batch.
+    ``kd_weight(model_output [B, I]) -> [B]`` (added, not in the reference): per-row factor on the
+    ranking-distillation weights."""
     neg = losses.sample_negatives(seq, target, item_num, cfg.num_negtive_items, generator=generator,
                                   mode=cfg.mode)
     llm_emb = lookup_llm_emb(seq, llm_table) if llm_table is not None else None
@@ -138,6 +168,11 @@ def batch_loss(model: nn.Module, cfg: DLLM2RecConfig, seq: torch.Tensor, len_seq
         cand, conf = candidates[:, :K], confidence[:, :K]
         w = rd_weights(out, cand, conf, cfg.gamma_position, cfg.gamma_confidence,
                        cfg.gamma_consistency, cfg.rank_temperature).weight
+        if kd_weight is not None:
+            f = kd_weight(out)
+            if f.shape != (out.size(0),):
+                raise ValueError(f"kd_weight: expected a per-row factor [B={out.size(0)}], got {tuple(f.shape)}")
+            w = w * f.to(w.dtype).unsqueeze(1)
         l_rd = losses.rd_loss(out, cand, neg, w, ps,
                               cfg.alpha, cfg.beta, cfg.mode)
     loss = losses.compose_loss(l_bce, l_dro, l_rd, cfg.alpha, cfg.lam)
@@ -147,17 +182,32 @@ def batch_loss(model: nn.Module, cfg: DLLM2RecConfig, seq: torch.Tensor, len_seq
 
 def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, cfg: DLLM2RecConfig,
                data: DLLM2RecData, rows: np.ndarray, ps: torch.Tensor | None,
-               generator: torch.Generator | None = None) -> StepResult:
-    """One optimizer step on train rows ``rows`` ``[B]`` (main.py:360-492)."""
+               generator: torch.Generator | None = None, hooks: TrainHooks | None = None) -> StepResult:
+    """One optimizer step on train rows ``rows`` ``[B]`` (main.py:360-492); ``hooks``: see :class:`TrainHooks`."""
     seq = torch.as_tensor(data.train_seq[rows])
     len_seq = torch.as_tensor(data.train_len[rows])
     target = torch.as_tensor(data.train_next[rows])
     optimizer.zero_grad()
     idx = torch.as_tensor(rows)
-    res = batch_loss(model, cfg, seq, len_seq, target, ps=ps,
-                     candidates=None if data.candidates is None else data.candidates[idx],
-                     confidence=None if data.confidence is None else data.confidence[idx],
-                     llm_table=data.llm_table, item_num=data.item_num, generator=generator)
+    kd_weight, captured, handle = None, [], None
+    if hooks is not None and hooks.kd_weight is not None:
+        kd_weight = lambda out: hooks.kd_weight(rows, out)  # noqa: E731
+    if hooks is not None and hooks.extra_loss is not None:
+        # the student's sequence representation = the input of its output layer (all three students)
+        handle = model.s_fc.register_forward_pre_hook(lambda m, inp: captured.append(inp[0]))
+    try:
+        res = batch_loss(model, cfg, seq, len_seq, target, ps=ps,
+                         candidates=None if data.candidates is None else data.candidates[idx],
+                         confidence=None if data.confidence is None else data.confidence[idx],
+                         llm_table=data.llm_table, item_num=data.item_num, generator=generator,
+                         kd_weight=kd_weight)
+    finally:
+        if handle is not None:
+            handle.remove()
+    if captured:
+        extra = hooks.extra_loss(rows, captured[-1])
+        res.parts["loss_extra"] = extra
+        res.loss = res.loss + extra
     if torch.isnan(res.loss).any():
         raise FloatingPointError("DLLM2Rec training loss is NaN (the reference exits with -1, main.py:488)")
     res.loss.backward()
@@ -170,20 +220,26 @@ def _rng_state(rs: np.random.RandomState) -> dict:
 
 
 def train(cfg: DLLM2RecConfig, data: DLLM2RecData, *, checkpoint: str | Path | None = None,
-          resume: bool = False, log=print, progress: bool = True) -> dict:
-    """Train, evaluate each epoch, early-stop; returns the metrics dict written by the CLI."""
+          resume: bool = False, log=print, progress: bool = True, hooks: TrainHooks | None = None) -> dict:
+    """Train, evaluate each epoch, early-stop; returns the metrics dict written by the CLI.
+    ``hooks``: optional extension points (:class:`TrainHooks`); None = the reference loop."""
     from tqdm.auto import tqdm
 
     rs = np.random.RandomState(cfg.seed)
     torch.manual_seed(cfg.seed)
     model = build_student(cfg, data.item_num, data.seq_size)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, eps=1e-8, weight_decay=cfg.l2_decay)
+    if hooks is not None and hooks.init_model is not None:
+        hooks.init_model(model)
+    params = list(model.parameters())
+    if hooks is not None and hooks.extra_params:
+        params = [{"params": params}, {"params": list(hooks.extra_params)}]
+    optimizer = torch.optim.Adam(params, lr=cfg.lr, eps=1e-8, weight_decay=cfg.l2_decay)
     ps = (torch.tensor(losses.propensity_scores(data.train_next, data.item_num))
           if cfg.alpha != 0 else None)
     if cfg.lam != 0 and data.candidates is None:
         raise ValueError("lam != 0 needs the teacher ranking (tocf/<data>/myrank_train.txt)")
     if cfg.ed_weight == 0:
-        data.llm_table = None
+        data = dataclasses.replace(data, llm_table=None)  # a copy: never mutate the caller's data
     elif data.llm_table is None:
         raise ValueError("ed_weight != 0 needs the teacher embeddings (tocf/<data>/all_embeddings.pt)")
     n = len(data.train_next)
@@ -213,16 +269,22 @@ def train(cfg: DLLM2RecConfig, data: DLLM2RecData, *, checkpoint: str | Path | N
                    leave=False)
         for _ in bar:
             rows = rs.choice(n, cfg.batch_size, replace=False)  # == DataFrame.sample(n=batch_size)
-            res = train_step(model, optimizer, cfg, data, rows, ps)
+            res = train_step(model, optimizer, cfg, data, rows, ps, hooks=hooks)
             bar.set_postfix(loss=f"{res.loss.item():.4f}")
         train_s = time.time() - t0
         ev = {s: evaluate(model, getattr(data, s), data.llm_table, cfg.eval_batch_size, cfg.topk,
                           cfg.mode) for s in ("val", "test")}
         state["epoch"] += 1
         rec = {"epoch": state["epoch"], "loss": float(res.loss.item()), "train_s": train_s, **ev}
+        if hooks is not None and hooks.on_epoch_end is not None:
+            extra = hooks.on_epoch_end(model, state["epoch"])
+            if extra is not None:
+                rec["ext"] = extra
         state["history"].append(rec)
         score = ev[select_split]["ndcg"][-1]
-        if score > state["best_score"]:
+        # faithful: strictly greater than the running best, which starts at 0 (main.py:507), so a run
+        # whose every epoch scores 0 selects nothing; fixed: the first epoch always counts
+        if score > state["best_score"] or (cfg.mode == "fixed" and state["best"] is None):
             state.update(best_score=score, best_epoch=state["epoch"], patience=0, best=rec)
         else:
             state["patience"] += 1
@@ -235,6 +297,8 @@ def train(cfg: DLLM2RecConfig, data: DLLM2RecData, *, checkpoint: str | Path | N
             torch.save({"config": asdict(cfg), "model": model.state_dict(),
                         "optimizer": optimizer.state_dict(), "rng": _rng_state(rs), "state": state},
                        checkpoint)
+    if hooks is not None and hooks.on_end is not None:
+        hooks.on_end(model)
     return {"config": asdict(cfg), "selected_on": select_split, "best_epoch": state["best_epoch"],
             "best": state["best"], "epochs_run": state["epoch"], "stopped_early": state["stopped_early"],
             "history": state["history"], "wall_s": time.time() - t_start}

@@ -1,0 +1,84 @@
+"""Compose UAMD, sample selection and RDR into the trainer's hook points from one config.
+
+:func:`build_hooks` returns a :class:`reimpl.dllm2rec.train.TrainHooks`; with every extension off it
+returns hooks whose only effect is the per-epoch student metrics (``on_epoch_end``), which run in eval
+mode and draw no random numbers, so the training trajectory equals ``train(cfg, data)`` exactly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from reimpl.dllm2rec.train import DLLM2RecData, TrainHooks
+from reimpl.extensions.metrics import evaluate_student
+from reimpl.extensions.rdr import RDRConfig, RDRHead, load_vector_store
+from reimpl.extensions.selection import SelectionConfig, selection_factor
+from reimpl.extensions.uamd import UAMDConfig, read_uncertainty, uncertainty_weight
+
+
+@dataclass
+class ExtConfig:
+    uamd: UAMDConfig = field(default_factory=UAMDConfig)
+    selection: SelectionConfig = field(default_factory=SelectionConfig)
+    rdr: RDRConfig = field(default_factory=RDRConfig)
+    ece_bins: int = 15
+    metrics_each_epoch: bool = True
+
+    @classmethod
+    def from_dict(cls, d: dict | None) -> "ExtConfig":
+        d = dict(d or {})
+        unknown = set(d) - {"uamd", "selection", "rdr", "ece_bins", "metrics_each_epoch"}
+        if unknown:
+            raise ValueError(f"ExtConfig: unknown field(s) {sorted(unknown)}")
+        return cls(uamd=UAMDConfig(**d.pop("uamd", {})), selection=SelectionConfig(**d.pop("selection", {})),
+                   rdr=RDRConfig(**d.pop("rdr", {})), **d)
+
+
+def build_hooks(ext: ExtConfig, data: DLLM2RecData, *, candidate_topk: int, hidden: int,
+                tocf_dir: str | Path | None = None, uncertainty: np.ndarray | None = None) -> TrainHooks:
+    """Hooks for one student run. ``uncertainty`` ``[N]`` overrides reading ``tocf_dir``'s file."""
+    n = len(data.train_next)
+    hooks = TrainHooks()
+    u_w = None
+    if ext.uamd.enabled:
+        if uncertainty is None:
+            if tocf_dir is None:
+                raise ValueError("build_hooks: UAMD needs tocf_dir (uncertainty_train.txt) or uncertainty=[N]")
+            uncertainty = read_uncertainty(tocf_dir, n)
+        if np.asarray(uncertainty).shape != (n,):
+            raise ValueError(f"build_hooks: uncertainty must be [N_train={n}], got {np.asarray(uncertainty).shape}")
+        u_w = uncertainty_weight(uncertainty, ext.uamd.fn, ext.uamd.scale, ext.uamd.normalize)
+    sel = ext.selection
+    if u_w is not None or sel.policy != "all":
+        if data.candidates is None:
+            raise ValueError("build_hooks: UAMD / sample selection act on the KD term and need the teacher "
+                             "ranking (lam != 0)")
+
+        def kd_weight(rows: np.ndarray, out: torch.Tensor) -> torch.Tensor:
+            idx = torch.as_tensor(rows)
+            f = torch.ones(len(rows), dtype=torch.float64)
+            if u_w is not None:
+                f = f * u_w[idx]
+            if sel.policy != "all":
+                f = f * selection_factor(sel, out, data.candidates[idx, :candidate_topk],
+                                         data.confidence[idx, :candidate_topk],
+                                         torch.as_tensor(data.train_next[rows]))
+            return f
+        hooks.kd_weight = kd_weight
+    if ext.rdr.enabled:
+        if not ext.rdr.store:
+            raise ValueError("build_hooks: RDRConfig.store (vector store folder) is empty")
+        vec, has = load_vector_store(ext.rdr.store, n)
+        head = RDRHead(hidden, vec, has, ext.rdr.lam, ext.rdr.proj_seed)
+        hooks.extra_loss = head
+        hooks.extra_params = list(head.parameters())
+    if ext.metrics_each_epoch:
+        def on_epoch_end(model, epoch):
+            return {s: evaluate_student(model, getattr(data, s), data.llm_table, n_bins=ext.ece_bins,
+                                        return_rows=s == "test") for s in ("val", "test")}
+        hooks.on_epoch_end = on_epoch_end
+    return hooks
