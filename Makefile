@@ -37,7 +37,11 @@ golden: setup refs
 bench: setup refs
 	$(PY) -m benchmarks.run
 
-baseline baseline-quick extensions: setup
+# Extension trial (UAMD, RDR, CDR, selection) at small scale -> reports/extensions.md (~7-12 min on 2 cores)
+extensions: setup
+	$(PY) -m reimpl.extensions.trial
+
+baseline baseline-quick: setup
 	@echo "make $@: not yet implemented (see issues)"; exit 2
 
 clean-refs:
