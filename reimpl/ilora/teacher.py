@@ -248,7 +248,10 @@ def build_teacher(llm: nn.Module, tokenizer, rec_model: SASRec, cfg: TeacherConf
     """
     cfg = cfg or TeacherConfig()
     prepare_tokenizer(tokenizer)
-    llm.resize_token_embeddings(len(tokenizer))
+    # model_interface.py:319 ran on transformers 4.28, which initialised added rows with the model's
+    # _init_weights (normal(0, initializer_range)); transformers 5's default mean_resizing=True would
+    # draw them from the old rows' mean/covariance instead (the reference shim bridges the same way).
+    llm.resize_token_embeddings(len(tokenizer), mean_resizing=False)
     llama = wrap_moe_lora(llm, MoeLoraConfig(r=cfg.lora_r, num_moe=cfg.num_moe, lora_alpha=cfg.lora_alpha,
                                              lora_dropout=cfg.lora_dropout, target_modules=cfg.target_modules,
                                              gating=cfg.gating, mode=cfg.mode))
