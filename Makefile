@@ -41,8 +41,14 @@ bench: setup refs
 extensions: setup
 	$(PY) -m reimpl.extensions.trial
 
-baseline baseline-quick: setup
-	@echo "make $@: not yet implemented (see issues)"; exit 2
+# Student baselines without distillation, reference main.py (subprocess, unmodified) vs reimpl faithful/fixed,
+# 3 seeds -> reports/baselines.md. Results are cached under runs/ and a finished run is never rerun (resume).
+baseline: setup refs
+	$(PY) -m reimpl.baselines run --plan full
+
+# The same pipeline on seeded slices (a few minutes on 2 cores); also run by the test suite.
+baseline-quick: setup refs-optional
+	$(PY) -m reimpl.baselines run --plan quick
 
 clean-refs:
 	rm -rf ref_repositories/iLoRA ref_repositories/DLLM2Rec

@@ -1,0 +1,266 @@
+"""Render the baseline report (Markdown via ``templates/baselines.md.j2``) and its PNG figures.
+
+Renders from whatever has finished under the results cache: rows still running or not started are
+marked pending, so the report can be produced at any time (``python -m reimpl.baselines report``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from reimpl.baselines import stats
+from reimpl.baselines.config import Plan
+from reimpl.baselines.data import ROOT
+from reimpl.baselines.runner import load_results
+
+SIDE_LABEL = {"reference": "reference (main.py)", "faithful": "reimpl faithful", "fixed": "reimpl fixed"}
+SEL_LABEL = {"test": "TEST NDCG@20 (reference rule)", "val": "VAL NDCG@20 (fixed rule)"}
+COLORS = {"reference": "#444444", "faithful": "#1f77b4", "fixed": "#d62728"}
+
+
+def fmt(row: stats.Row, split: str, metric: str) -> str:
+    if not row.seeds:
+        return "pending"
+    m, s = row.mean(split, metric), row.std(split, metric)
+    if math.isnan(m):
+        return "n/a"
+    return f"{m:.4f}" if math.isnan(s) else f"{m:.4f} ± {s:.4f}"
+
+
+def chance_levels(n_items: int) -> dict[str, float]:
+    """Expected metrics of a uniformly random ranking of ``n_items`` items (one target per row)."""
+    out = {f"HR@{k}": k / n_items for k in stats.TOPK}
+    out.update({f"NDCG@{k}": float(sum(1 / math.log2(r + 1) for r in range(1, k + 1)) / n_items)
+                for k in stats.TOPK})
+    out["MRR"] = float(sum(1.0 / r for r in range(1, n_items + 1)) / n_items)
+    return out
+
+
+def _curves(results: list[dict], ds: str, models: list[str], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = (("loss", None, "loss of the epoch's last batch"), ("val", "ndcg", "VAL NDCG@20"),
+              ("test", "ndcg", "TEST NDCG@20"), ("test", "mrr", "TEST MRR"))
+    fig, axes = plt.subplots(len(panels), len(models), figsize=(4.2 * len(models), 2.6 * len(panels)),
+                             squeeze=False, sharex=True)
+    for j, model in enumerate(models):
+        for i, (split, metric, title) in enumerate(panels):
+            ax = axes[i][j]
+            for side in ("reference", "faithful", "fixed"):
+                runs = [r for r in results if r["dataset"] == ds and r["model"] == model and r["side"] == side
+                        and r.get("status") == "finished"]
+                if not runs:
+                    continue
+                n = min(len(r["history"]) for r in runs)
+
+                def val(h):
+                    if split == "loss":
+                        return h["loss"]
+                    return h[split][metric][-1] if metric == "ndcg" else h[split][metric]
+
+                y = np.array([[val(h) for h in r["history"][:n]] for r in runs])
+                x = np.arange(1, n + 1)
+                ls = "--" if side == "faithful" else "-"
+                ax.plot(x, y.mean(0), ls, color=COLORS[side], marker="o", ms=3, lw=2.2 if side == "reference" else 1.4,
+                        label=f"{SIDE_LABEL[side]} (n={len(runs)})")
+                if len(runs) > 1:
+                    ax.fill_between(x, y.mean(0) - y.std(0, ddof=1), y.mean(0) + y.std(0, ddof=1),
+                                    color=COLORS[side], alpha=0.10)
+                ax.set_xticks(x)
+            ax.set_title(f"{model}: {title}", fontsize=9)
+            ax.grid(alpha=0.3)
+            if i == len(panels) - 1:
+                ax.set_xlabel("epoch")
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle(f"{ds}: per-epoch curves, mean ± std over seeds (faithful dashed over the reference: "
+                 "they coincide where identical)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def _bars(rows: dict, ds: str, models: list[str], path: Path, chance: dict | None = None) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    variants = [(side, sel) for sel in ("test", "val") for side in ("reference", "faithful", "fixed")]
+    metrics = ("HR@20", "NDCG@20", "MRR")
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.4 * len(metrics), 4.2), squeeze=False)
+    width = 0.8 / len(variants)
+    for a, metric in enumerate(metrics):
+        ax = axes[0][a]
+        for v, (side, sel) in enumerate(variants):
+            xs, ms, ss = [], [], []
+            for j, model in enumerate(models):
+                row = rows.get((ds, model, side, sel))
+                if row is None or not row.seeds:
+                    continue
+                xs.append(j + (v - (len(variants) - 1) / 2) * width)
+                ms.append(row.mean("test", metric))
+                s = row.std("test", metric)
+                ss.append(0.0 if math.isnan(s) else s)
+            if xs:
+                ax.bar(xs, ms, width, yerr=ss, color=COLORS[side], alpha=0.9 if sel == "test" else 0.45,
+                       hatch="" if sel == "test" else "//", capsize=2,
+                       label=f"{SIDE_LABEL[side]}, select on {sel.upper()}")
+        if chance:
+            ax.axhline(chance[metric], color="k", ls=":", lw=1, label="chance (random ranking)")
+        ax.set_xticks(range(len(models)), models)
+        ax.set_title(f"TEST {metric} at the selected epoch", fontsize=9)
+        ax.grid(axis="y", alpha=0.3)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=4, fontsize=7, frameon=False)
+    fig.suptitle(f"{ds}: mean ± std over seeds (hatched: selected on VAL)", fontsize=10)
+    fig.tight_layout(rect=(0, 0.14, 1, 1))
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def build_context(plan: Plan, root: Path, fig_dir: Path | None = None, fig_rel: str = "figures") -> dict:
+    root = Path(root)
+    results = load_results(root)
+    manifests = json.loads((root / "manifests.json").read_text()) if (root / "manifests.json").is_file() else {}
+    versions = json.loads((root / "versions.json").read_text()) if (root / "versions.json").is_file() else {}
+    status = json.loads((root / "status.json").read_text()) if (root / "status.json").is_file() else {}
+    runs = plan.runs()
+    expected = defaultdict(int)
+    for r in runs:
+        expected[(r.dataset.key, r.model, r.side)] += 1
+    rows = stats.aggregate(results, dict(expected))
+    by = defaultdict(dict)
+    for r in results:
+        if r.get("status") == "finished":
+            by[(r["dataset"], r["model"], r["side"])][r["seed"]] = r
+    done_ids = {r["run_id"] for r in results if r.get("status") == "finished"}
+    datasets = []
+    for ds in plan.datasets:
+        man = manifests.get(ds.key, {})
+        entry = {"key": ds.key, "label": ds.label, "spec": ds, "manifest": man, "trainable": man.get("trainable", True)}
+        if ds.source == "dllm2rec-game":
+            entry["trainable"] = False
+            n_items = man.get("facts", {}).get("item_num")
+            entry["chance"] = chance_levels(n_items) if n_items else None
+            datasets.append(entry)
+            continue
+        models = list(ds.models or plan.models)
+        n_items = man.get("facts", {}).get("item_num")
+        entry["chance"] = chance_levels(n_items) if n_items else None
+        table = []
+        for model in models:
+            for sel in ("test", "val"):
+                for side in plan.sides:
+                    row = rows.get((ds.key, model, side, sel))
+                    if row is None:
+                        continue
+                    agree = None
+                    if side != "reference":
+                        ref = rows.get((ds.key, model, "reference", sel))
+                        if ref is not None:
+                            ident = stats.history_identity(by[(ds.key, model, "reference")],
+                                                           by[(ds.key, model, side)])
+                            agree = stats.agreement(ref, row, ident)
+                    table.append({"model": model, "side": side, "side_label": SIDE_LABEL[side], "sel": sel,
+                                  "row": row, "agree": agree,
+                                  "cells": {split: [fmt(row, split, m) for m in stats.METRICS]
+                                            for split in ("val", "test")}})
+        selection_effect = []
+        for model in models:
+            for side in plan.sides:
+                rt, rv = rows.get((ds.key, model, side, "test")), rows.get((ds.key, model, side, "val"))
+                if not rt or not rt.seeds:
+                    continue
+                out = {"model": model, "side": side, "n": len(rt.seeds),
+                       "differ": sum(str(a).rstrip("*") != str(b).rstrip("*") for a, b in zip(rt.epochs, rv.epochs))}
+                for metric in ("NDCG@20", "HR@20", "MRR"):
+                    d = rt.arr("test", metric) - rv.arr("test", metric)  # paired per seed
+                    out[metric] = (f"{d.mean():+.4f}" + (f" ± {d.std(ddof=1):.4f}" if len(d) > 1 else ""))
+                selection_effect.append(out)
+        cost = []
+        for model in models:
+            for side in plan.sides:
+                rs = list(by[(ds.key, model, side)].values())
+                if rs:
+                    per_epoch = [h["train_s"] for r in rs for h in r["history"]]
+                    cost.append({"model": model, "side": side, "n": len(rs),
+                                 "epoch_s": float(np.mean(per_epoch)), "epoch_s_sd": float(np.std(per_epoch)),
+                                 "wall_s": float(np.mean([r["wall_s"] for r in rs]))})
+        entry.update(models=models, table=table, cost=cost, figures=[], selection_effect=selection_effect)
+        if fig_dir is not None and any(r["dataset"] == ds.key for r in results):
+            fig_dir.mkdir(parents=True, exist_ok=True)
+            _curves(results, ds.key, models, fig_dir / f"baselines_curves_{ds.key}.png")
+            _bars(rows, ds.key, models, fig_dir / f"baselines_bars_{ds.key}.png", entry["chance"])
+            entry["figures"] = [f"{fig_rel}/baselines_curves_{ds.key}.png", f"{fig_rel}/baselines_bars_{ds.key}.png"]
+        datasets.append(entry)
+    summary = []
+    for entry in datasets:
+        if not entry.get("table"):
+            continue
+        ver = defaultdict(int)
+        ident, ident_total = set(), set()
+        for t in entry["table"]:
+            if t["agree"]:
+                ver[(t["side"], t["agree"]["verdict"])] += 1
+                idn = t["agree"]["identity"]
+                if idn and idn["seeds"]:
+                    ident_total.add((t["model"], t["side"]))
+                    if idn["identical"]:
+                        ident.add((t["model"], t["side"]))
+        summary.append({"key": entry["key"], "verdicts": dict(ver),
+                        "identical": sorted(ident), "compared": sorted(ident_total)})
+    run_rows = []
+    res_by_id = {r["run_id"]: r for r in results}
+    for spec in runs:
+        r = res_by_id.get(spec.run_id)
+        run_rows.append({"id": spec.run_id, "spec": spec, "r": r,
+                         "epoch_s": (float(np.mean([h["train_s"] for h in r["history"]]))
+                                     if r and r.get("history") else None),
+                         "state": "finished" if spec.run_id in done_ids else
+                                  ("failed" if (root / "runs" / spec.run_id / "failed.json").is_file() else "pending")})
+    n_done = sum(1 for x in run_rows if x["state"] == "finished")
+    fin = [x["r"] for x in run_rows if x["state"] == "finished"]
+    total_wall = float(sum(r["wall_s"] for r in fin)) if fin else math.nan
+    code_versions = defaultdict(int)
+    for r in fin:
+        c = r.get("code")
+        code_versions[f"{c['git_head'][:10]} / code {c['code_sha256'][:12]}" if c else "not recorded"] += 1
+    return {"plan": plan, "root": root, "datasets": datasets, "summary": summary, "total_wall": total_wall,
+            "code_versions": dict(code_versions), "runs": run_rows, "n_done": n_done,
+            "n_total": len(runs), "versions": versions, "status": status, "metrics": stats.METRICS,
+            "sel_label": SEL_LABEL, "side_label": SIDE_LABEL, "alpha": stats.ALPHA,
+            "print_check": max([r.get("printed_vs_ranks_max_abs", 0.0) for r in results
+                                if r.get("side") == "reference"] or [math.nan]),
+            "rel_root": _rel(root)}
+
+
+def _rel(p: Path) -> str:
+    try:
+        return str(Path(p).resolve().relative_to(ROOT))
+    except ValueError:
+        return str(p)
+
+
+def render(plan: Plan, root: Path, report_dir: Path) -> Path:
+    import jinja2
+
+    report_dir = Path(report_dir)
+    ctx = build_context(plan, root, report_dir / "figures")
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"),
+                             undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+    env.filters["short"] = lambda s, n=12: (s or "")[:n]
+    env.filters["f"] = lambda x, spec=".1f": ("n/a" if x is None or (isinstance(x, float) and math.isnan(x))
+                                             else format(x, spec))
+    text = env.get_template("baselines.md.j2").render(**ctx)
+    report_dir.mkdir(parents=True, exist_ok=True)
+    out = report_dir / "baselines.md"
+    out.write_text(text)
+    return out
