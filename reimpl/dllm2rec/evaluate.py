@@ -5,15 +5,23 @@ scores are sorted ascending with ``torch.argsort``, the last ``k`` columns are t
 the target is ``k - position``, NDCG adds ``1 / log2(rank + 1)``; every item is ranked (history items
 included), and the means are over all rows.
 
-* faithful: the target's rank is its place in that argsort (tied scores: the CPU sort is stable, so
-  among equal scores the *higher* item id ranks higher); NDCG sums accumulate in row order in float64;
+* faithful: the target's rank is its place in that argsort: ``1 + #items scoring higher`` (NaN counts as
+  higher, the sort puts it last) when no other item ties with the target, else (rare) the row is
+  argsorted, because the CPU sort is not stable beyond 16 items and only it knows its tie order;
+  NDCG sums accumulate in row order in float64;
   the model is evaluated as the reference leaves it, in train mode (dropout on, drawing from the global
   torch RNG; DLLM2REC-EVAL-DROPOUT). Rows are scored ``batch_size`` at a time (bounded memory); with
   ``batch_size >= N`` the dropout draws equal the reference's single forward.
 * fixed: ``model.eval()``; rank = 1 + #items scoring higher + #other items tying with the target
   (pessimistic, independent of the sort; DLLM2REC-EVAL-TIES).
 
-Memory: ``[b, I]`` scores and ``[b, L, d_llm]`` teacher embeddings for ``b <= batch_size`` rows.
+Teacher embeddings: ``fc_4096_64`` is applied once to the whole table (``[I + 1, H]``, padding row
+included) and rows are gathered per batch, instead of projecting ``[b, L, d_llm]`` per batch; used only
+when it gives bit for bit the per-batch projection on this machine (checked on the first batch; the
+BLAS may sum a row differently for very small matrices on several threads), else the per-batch path.
+
+Memory: ``[b, I]`` scores, ``[I + 1, H]`` projected table (and ``[b, L, d_llm]`` teacher embeddings on
+the per-batch path) for ``b <= batch_size`` rows.
 """
 
 from __future__ import annotations
@@ -27,7 +35,8 @@ import torch
 from torch import nn
 
 from reimpl.deviations import check_mode
-from reimpl.dllm2rec.injection import lookup_llm_emb
+from reimpl.dllm2rec.injection import (lookup_llm_emb, lookup_projected, project_table,
+                                         projection_matches)
 
 TOPK = (1, 5, 10, 20)
 NO_RANK = np.iinfo(np.int64).max  # a target that is not an item id is never hit
@@ -71,6 +80,22 @@ def read_split(path: str | Path, state_size: int | None = None, item_num: int | 
                      str(path))
 
 
+def _row_counts(scores: torch.Tensor, s_t: torch.Tensor, *tests, chunk: int = 32) -> list[torch.Tensor]:
+    """Per row of ``scores`` ``[b, I]`` and each ``test(s, s_t) -> bool``, the number of items passing it
+    (int64 ``[b]``).
+
+    Counted ``chunk`` rows at a time into int32 (exact for ``I < 2**31``): summing a whole ``[b, I]``
+    bool mask converts it to int64 first, several times slower than the comparison itself.
+    """
+    b = scores.size(0)
+    out = [torch.empty(b, dtype=torch.int64, device=scores.device) for _ in tests]
+    for lo in range(0, b, chunk):
+        s, t = scores[lo:lo + chunk], s_t[lo:lo + chunk]
+        for o, test in zip(out, tests):
+            o[lo:lo + chunk] = test(s, t).sum(1, dtype=torch.int32)
+    return out
+
+
 def target_ranks(scores: torch.Tensor, targets: np.ndarray, mode: str = "faithful") -> np.ndarray:
     """1-based rank ``[b]`` of each target among ``scores`` ``[b, I]`` (``NO_RANK`` for a non-item)."""
     check_mode(mode)
@@ -78,13 +103,25 @@ def target_ranks(scores: torch.Tensor, targets: np.ndarray, mode: str = "faithfu
     t = np.asarray(targets, dtype=np.float64)
     is_item = (t == np.floor(t)) & (t >= 0) & (t < n_items)
     ti = torch.as_tensor(np.where(is_item, t, 0).astype(np.int64), device=scores.device)
+    s_t = scores.gather(1, ti[:, None])  # [b, 1]
     if mode == "faithful":
-        order = torch.argsort(scores)  # ascending, as main.py:231
-        pos = (order == ti[:, None]).int().argmax(1)
-        rank = (n_items - pos).cpu().numpy().astype(np.int64)
+        # the target's place in the ascending argsort (main.py:231) without sorting: with no other item
+        # tying with it, exactly the items scoring higher (NaN included: the sort puts NaN last) rank
+        # above it. The CPU sort is not stable beyond 16 items, so the order among tied scores is the
+        # sort's own: rows where the target ties (or is NaN) are argsorted, as the reference does.
+        at_or_below, ties = _row_counts(scores, s_t, torch.le, torch.eq)
+        rank = n_items - at_or_below + 1
+        amb = (ties != 1) & torch.as_tensor(is_item, device=scores.device)
+        if bool(amb.any()):
+            rows = amb.nonzero(as_tuple=True)[0]
+            order = torch.argsort(scores[rows])
+            pos = (order == ti[rows, None]).int().argmax(1)
+            rank[rows] = n_items - pos
     else:
-        s_t = scores.gather(1, ti[:, None])
-        rank = ((scores > s_t).sum(1) + (scores == s_t).sum(1)).cpu().numpy().astype(np.int64)
+        # pessimistic: every other tied item ranks above (DLLM2REC-EVAL-TIES); NaN never counts
+        above, ties = _row_counts(scores, s_t, torch.gt, torch.eq)
+        rank = above + ties
+    rank = rank.cpu().numpy().astype(np.int64)
     return np.where(is_item, rank, NO_RANK)
 
 
@@ -115,11 +152,25 @@ def predict_ranks(model: nn.Module, split: EvalSplit, llm_table: torch.Tensor | 
     model.train(mode == "faithful")  # the reference never calls model.eval()
     device = next(model.parameters()).device
     out = []
+    proj = getattr(model, "fc_4096_64", None)
+    ptable = None
+    if llm_table is not None and proj is not None and split.states.size and split.states.min() >= 0:
+        ptable = project_table(llm_table.to(device), proj)
     try:
         for lo in range(0, len(split.targets), batch_size):
             states = torch.as_tensor(split.states[lo:lo + batch_size], device=device)
             lens = split.len_states[lo:lo + batch_size]
-            llm_emb = None if llm_table is None else lookup_llm_emb(states, llm_table)
+            if ptable is not None and lo == 0:
+                # project once, gather per batch; kept only if it is bit for bit the per-batch projection
+                # on this machine (checked on the first rows of the first batch)
+                if not projection_matches(states[:256], llm_table, ptable, proj):
+                    ptable = None
+            if llm_table is None:
+                llm_emb = None
+            elif ptable is not None:
+                llm_emb = lookup_projected(states, ptable, proj)
+            else:
+                llm_emb = lookup_llm_emb(states, llm_table)
             scores = model(states, lens, llm_emb).reshape(len(lens), -1)  # undo a B == 1 squeeze
             out.append(target_ranks(scores, split.targets[lo:lo + batch_size], mode))
     finally:

@@ -105,24 +105,37 @@ def propensity_scores(next_items, item_num: int) -> np.ndarray:
     return np.power(ps, 0.05)
 
 
+def _div(x: torch.Tensor, beta: float) -> torch.Tensor:
+    # x / 1.0 == x bit for bit (and so is its gradient): skip the [B, I] division for the default beta
+    return x if beta == 1.0 else x / beta
+
+
 def _dro_terms(model_output: torch.Tensor, idx: torch.Tensor, ps: torch.Tensor, beta: float,
                mode: str) -> torch.Tensor:
     """``log(sum_j e^{a_j} - e^{a_t} + e^{b_t})`` for every column ``t`` of ``idx`` ``[B, K]`` -> ``[B, K]``.
 
     ``a = o*o*ps / beta``, ``b = (o-1)*(o-1)*ps / beta``. The squares are taken in the scores' dtype and
     then multiplied by ``ps`` (float64 promotes), the reference's order (main.py:421-428).
+    Only ``a`` is needed over all items; ``b`` only at ``idx``, so it is computed on the gathered scores
+    (the same elementwise operations, hence the same values, without the reference's ``[B, I]`` pass).
+    The scores are gathered twice on purpose: the reference's ``(o - 1) * (o - 1)`` evaluates ``o - 1``
+    twice, so two gradients reach ``o`` from this branch; two gathers keep that count and order, which
+    keeps the summed gradient of ``o`` bit for bit equal to the reference's.
     """
     _check_scores("dro_loss", model_output)
     if ps.dim() != 1 or ps.numel() != model_output.size(1):
         raise ValueError(f"dro_loss: ps must be [I={model_output.size(1)}], got {tuple(ps.shape)}")
-    a = torch.mul(model_output * model_output, ps)  # [B, I]
-    b_t = torch.gather(torch.mul((model_output - 1) * (model_output - 1), ps), 1, idx)  # [B, K]
+    dt = torch.promote_types(model_output.dtype, ps.dtype)
+    # the explicit cast gives the promoted product's exact values (and gradients), faster than mixed dtypes
+    a = torch.mul((model_output * model_output).to(dt), ps.to(dt))  # [B, I]
+    b_t = torch.mul(((torch.gather(model_output, 1, idx) - 1) * (torch.gather(model_output, 1, idx) - 1)
+                     ).to(dt), ps.to(dt)[idx])  # [B, K]
     a_t = torch.gather(a, 1, idx)
     if mode == "faithful":
-        total = torch.sum(torch.exp(a / beta), 1, keepdim=True)  # [B, 1]; overflows for large |o|
-        return torch.log(total - torch.exp(a_t / beta) + torch.exp(b_t / beta) + DRO_EPS)
+        total = torch.sum(torch.exp(_div(a, beta)), 1, keepdim=True)  # [B, 1]; overflows for large |o|
+        return torch.log(total - torch.exp(_div(a_t, beta)) + torch.exp(_div(b_t, beta)) + DRO_EPS)
     # fixed: the same sum, shifted by its max so it never overflows (DLLM2REC-DRO-OVERFLOW)
-    a, a_t, b_t = a / beta, a_t / beta, b_t / beta
+    a, a_t, b_t = _div(a, beta), _div(a_t, beta), _div(b_t, beta)
     m_a = a.amax(1, keepdim=True)  # [B, 1]
     s = torch.exp(a - m_a).sum(1, keepdim=True)
     m = torch.maximum(m_a, b_t)  # [B, K]

@@ -24,6 +24,28 @@ class RDWeights:
     weight: torch.Tensor       # [B, K] normalized composition
 
 
+def student_topk_set(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """``[B, k]`` ids holding, per row, the same *set* as ``(-scores).argsort(dim=1)[:, :k]`` (main.py:446).
+
+    Only membership is used downstream, so ``topk(k + 1)`` (O(I) per row) replaces the full sort. The
+    set is ambiguous only where the k-th and (k+1)-th largest scores tie (the sort's tie order then
+    decides which ids make the cut) or a NaN reaches the cut (sort and topk order NaN differently):
+    those rows alone fall back to the reference's full argsort, so the set is identical in every case.
+    """
+    B, n = scores.shape
+    neg = -scores
+    if n <= k:  # the slice keeps every item
+        return neg.argsort(dim=1)[:, :k]
+    vals, idx = neg.topk(k + 1, dim=1, largest=False)  # ascending, like the sort of -scores
+    idx = idx[:, :k]
+    amb = (vals[:, k - 1] == vals[:, k]) | torch.isnan(vals[:, k]) if k > 0 else None
+    if amb is not None and bool(amb.any()):
+        rows = amb.nonzero(as_tuple=True)[0]
+        idx = idx.clone()
+        idx[rows] = neg[rows].argsort(dim=1)[:, :k]
+    return idx
+
+
 def rd_weights(model_output: torch.Tensor, candidates: torch.Tensor, confidence: torch.Tensor,
                gamma_position: float = 0.3, gamma_confidence: float = 0.5,
                gamma_consistency: float = 0.1, rank_temperature: float = 1.0) -> RDWeights:
@@ -35,8 +57,7 @@ def rd_weights(model_output: torch.Tensor, candidates: torch.Tensor, confidence:
     w_static = torch.exp(-torch.arange(1, K + 1, dtype=torch.float32) / rank_temperature)
     w_static = w_static.unsqueeze(0).repeat(B, 1)
     w_rank = (w_static / w_static.sum(1, keepdim=True)).to(candidates.device)
-    # the student's own top-K by a full descending argsort (ties: lower item id first, as on CPU)
-    top = (-model_output.detach()).argsort(dim=1)[:, :K]
+    top = student_topk_set(model_output.detach(), K)
     w_cons = (candidates.unsqueeze(2) == top.unsqueeze(1)).any(dim=2).int() + 1e-8
     w_conf = torch.exp(-confidence) + 1e-8
     w_conf = w_conf / w_conf.sum(1, keepdim=True)

@@ -11,9 +11,9 @@ Mirrors, in AkaliKong/iLoRA @ 28e47371:
 * ``MInterface.wrap_emb`` (``model/model_interface.py:436-466``): token embeddings, then the k-th
   ``[HistoryEmb]`` of a row replaced by the k-th history item's projected embedding, the k-th
   ``[CansEmb]`` by the k-th candidate's, the ``[ItemEmb]`` by the target's. The reference loops over
-  rows and placeholders in Python; :func:`inject_item_embeds` does it with one ``cumsum`` + ``gather``
-  + ``where`` per placeholder kind, so identical token ids and item ids give identical embeddings
-  whatever the batch.
+  rows and placeholders in Python; :func:`inject_item_embeds` finds every placeholder at once
+  (``nonzero``) and writes them with one ``index_put``, so identical token ids and item ids give
+  identical embeddings whatever the batch.
 
 Quirks (``faithful``): the reference ``zip``s placeholder positions with
 ``embeds[i, :len]`` (``:456``, ``:460``), so a row with more placeholders than items keeps the
@@ -107,10 +107,9 @@ def _check_len(name: str, lens: torch.Tensor, b: int) -> torch.Tensor:
     return lens
 
 
-def _inject_sequence(out: torch.Tensor, input_ids: torch.Tensor, token_id: int, embeds: torch.Tensor,
-                     lens: torch.Tensor, name: str, mode: str) -> torch.Tensor:
-    """Replace the k-th ``token_id`` of each row by ``embeds[row, k]`` for ``k < min(len, N)``."""
-    b, n, d = embeds.shape
+def _slots(input_ids: torch.Tensor, token_id: int, lens: torch.Tensor, n: int, name: str, mode: str):
+    """Positions ``(rows, cols)`` of the ``token_id`` placeholders that receive an item, and which item
+    ``k`` (the k-th occurrence of the row, for ``k < min(len, N)``), each ``[P]`` long."""
     is_ph = input_ids == token_id                                                   # [B, T]
     limit = lens.to(input_ids.device).clamp(max=n)                                  # embeds[i, :len] clips at N
     if mode == "fixed":
@@ -119,12 +118,11 @@ def _inject_sequence(out: torch.Tensor, input_ids: torch.Tensor, token_id: int, 
         if bad:
             raise ValueError(f"inject_item_embeds: rows {bad} have {count[bad].tolist()} {name} placeholders "
                              f"but {limit[bad].tolist()} items (ILORA-INJECT-COUNT-MISMATCH)")
-    rank = is_ph.long().cumsum(dim=1) - 1                                           # k-th occurrence
-    take = is_ph & (rank < limit.unsqueeze(1))
-    if n == 0:
-        return out
-    src = embeds.gather(1, rank.clamp(0, n - 1).unsqueeze(-1).expand(-1, -1, d))   # [B, T, D]
-    return torch.where(take.unsqueeze(-1), src.to(out.dtype), out)
+    rows, cols = is_ph.nonzero(as_tuple=True)                                       # row-major
+    counts = is_ph.sum(dim=1)
+    k = torch.arange(rows.numel(), device=rows.device) - (counts.cumsum(0) - counts)[rows]
+    keep = k < limit[rows]
+    return rows[keep], cols[keep], k[keep]
 
 
 def inject_item_embeds(input_embeds: torch.Tensor, input_ids: torch.Tensor, ids: PlaceholderIds,
@@ -135,6 +133,8 @@ def inject_item_embeds(input_embeds: torch.Tensor, input_ids: torch.Tensor, ids:
     input_embeds ``[B, T, D]``, input_ids ``[B, T]``, his_embeds ``[B, S, D]``, cans_embeds ``[B, C, D]``,
     item_embeds ``[B, D]``, len_seq ``[B]``, len_cans ``[B]`` -> ``[B, T, D]`` (a new tensor, dtype of
     ``input_embeds``; gradients flow to the injected embeddings).
+    Only the placeholder rows are written (one ``index_put`` on a copy): work beyond the copy is
+    proportional to the number of placeholders, as in the reference's loop.
     """
     check_mode(mode)
     if input_embeds.dim() != 3 or input_ids.shape != input_embeds.shape[:2]:
@@ -146,13 +146,21 @@ def inject_item_embeds(input_embeds: torch.Tensor, input_ids: torch.Tensor, ids:
             want = f"[B={b}, N, D={d}]" if nd == 3 else f"[B={b}, D={d}]"
             raise ValueError(f"inject_item_embeds: {name} must be {want}, got {tuple(e.shape)}")
     len_seq, len_cans = _check_len("len_seq", len_seq, b), _check_len("len_cans", len_cans, b)
-    out = _inject_sequence(input_embeds, input_ids, ids.his, his_embeds, len_seq, HIS, mode)
-    out = _inject_sequence(out, input_ids, ids.cans, cans_embeds, len_cans, CANS, mode)
+    r_his, c_his, k_his = _slots(input_ids, ids.his, len_seq, his_embeds.size(1), HIS, mode)
+    r_cans, c_cans, k_cans = _slots(input_ids, ids.cans, len_cans, cans_embeds.size(1), CANS, mode)
     is_item = input_ids == ids.item
     many = (is_item.sum(dim=1) > 1).nonzero().flatten().tolist()
     if many:  # the reference fails too: .nonzero().item() on several positions (model_interface.py:463)
         raise ValueError(f"inject_item_embeds: rows {many} hold more than one {ITEM} placeholder")
-    return torch.where(is_item.unsqueeze(-1), item_embeds.unsqueeze(1).to(out.dtype), out)
+    r_item, c_item = is_item.nonzero(as_tuple=True)
+    rows = torch.cat((r_his, r_cans, r_item))
+    cols = torch.cat((c_his, c_cans, c_item))
+    src = torch.cat((his_embeds[r_his, k_his].to(input_embeds.dtype),
+                     cans_embeds[r_cans, k_cans].to(input_embeds.dtype),
+                     item_embeds[r_item].to(input_embeds.dtype)))                    # [P, D]
+    out = input_embeds.clone()
+    out[rows, cols] = src
+    return out
 
 
 def wrap_emb(embed_tokens: nn.Module, rec: SASRec, projector: MlpProjector, ids: PlaceholderIds,
