@@ -68,11 +68,14 @@ def _run_router(model, inputs: dict, squeeze: bool) -> dict:
 
 
 # ------------------------------------------------------------------------------------- nlpr (share)
+# make_inputs never touches the reference (golden-only runs must regenerate inputs without a checkout):
+# parameter names/shapes come from reimpl, whose state-dict layout equals the reference's (a mismatch
+# would fail load_state_dict on the reference side, live or at `make golden`).
 def make_inputs_share(seed: int) -> dict:
-    import parity.refs
+    from reimpl.ilora.router import RouterConfig, build_router
 
     rng = np.random.default_rng(seed)
-    shapes = _shapes(parity.refs.ilora().build_router())   # parameter names/shapes of the reference
+    shapes = _shapes(build_router(RouterConfig(kind="share", num_moe=4)))
     return {"x": rng.normal(0, 1.0, size=(6, 1, 64)), "x1": rng.normal(0, 1.0, size=(1, 1, 64)),
             **_random_state(shapes, rng)}
 
@@ -109,10 +112,10 @@ register(Case(
 
 # --------------------------------------------------------------------------------------------- cvr
 def make_inputs_cvr(seed: int) -> dict:
-    import parity.refs
+    from reimpl.ilora.router import RouterConfig, build_router
 
     rng = np.random.default_rng(seed)
-    shapes = _shapes(parity.refs.ilora().build_cvr_router(num_experts=3))
+    shapes = _shapes(build_router(RouterConfig(kind="cvr", num_moe=3)))
     return {"x": rng.normal(0, 1.0, size=(3, 3, 8, 8)), "x1": rng.normal(0, 1.0, size=(1, 3, 8, 8)),
             "num_experts": 3, **_random_state(shapes, rng)}
 
@@ -147,14 +150,13 @@ register(Case(
 
 # --------------------------------------------------------------------------------------- gating.py
 def make_inputs_gating(seed: int) -> dict:
-    import parity.refs
+    from reimpl.ilora.gating import GatingConfig, build_gating
 
-    ns = parity.refs.ilora()
     rng = np.random.default_rng(seed)
     inp = {"x": rng.normal(0, 1.0, size=(5, 64)), "x1": rng.normal(0, 1.0, size=(1, 64)), "num_moe": 4,
            "torch_seed": seed}
     for kind in GATING_KINDS:
-        shapes = _shapes(ns.GATING_TO_MODEL_MAPPING[kind](dim=64, num_moe=4))
+        shapes = _shapes(build_gating(GatingConfig(kind=kind, num_moe=4)))
         # larger spread for topK so the top-2 probabilities are far from uniform
         scale = 1.0 if kind == "topK" else 0.3
         for k, s in shapes.items():
