@@ -63,7 +63,8 @@ class RefSpec:
         return out
 
 
-def load_lock(path: Path = LOCK) -> dict[str, RefSpec]:
+def load_lock(path: Path | None = None) -> dict[str, RefSpec]:
+    path = path or LOCK
     data = tomllib.loads(path.read_text())
     specs = {}
     for i, entry in enumerate(data.get("ref", [])):
