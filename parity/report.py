@@ -107,6 +107,7 @@ def render(results, live_available: dict[str, bool]) -> str:
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), undefined=jinja2.StrictUndefined,
                              trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
     env.filters["err"] = fmt_err
+    env.filters["cell"] = lambda t: str(t).replace("|", "\\|").replace("\n", " ")  # a Markdown table cell
     env.globals.update(ref_link=ref_link, our_link=our_link)
     lock = load_lock()
     from parity.golden import library_versions
