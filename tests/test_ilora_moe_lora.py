@@ -90,7 +90,7 @@ def test_merge_faithful_and_fixed():
     delta = layer.lora_B["default"].weight @ layer.lora_A["default"].weight * layer.scaling
     torch.testing.assert_close(layer.weight, w0 + delta)                       # all experts, weight 1 each
     torch.testing.assert_close(layer(x, g), layer(x, _softmax_gate(2, seed=9)))  # gate ignored
-    with pytest.warns(UserWarning, match="Already merged"):
+    with pytest.warns(UserWarning, match="already merged"):
         layer.merge()
     layer.unmerge()
     torch.testing.assert_close(layer.weight, w0, rtol=0, atol=1e-14)

@@ -150,7 +150,7 @@ def predict_ranks(model: nn.Module, split: EvalSplit, llm_table: torch.Tensor | 
     check_mode(mode)
     was_training = model.training
     model.train(mode == "faithful")  # the reference never calls model.eval()
-    device = next(model.parameters()).device
+    device = next(iter(model.parameters())).device
     out = []
     proj = getattr(model, "fc_4096_64", None)
     ptable = None

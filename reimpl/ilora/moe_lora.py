@@ -258,7 +258,7 @@ class MoeLoraLinear(nn.Module):
         (``moelora.py:718-732``). fixed: ``gate`` ``[E]`` required, ``W += B diag(g) A * scaling``.
         """
         if self.merged:
-            warnings.warn("Already merged. Nothing to do.")
+            warnings.warn("MoE-LoRA layer is already merged; merge() does nothing.")
             return
         a = self.lora_A[self.adapter].weight
         b = self.lora_B[self.adapter].weight
@@ -277,7 +277,7 @@ class MoeLoraLinear(nn.Module):
     def unmerge(self) -> None:
         """Subtract what :meth:`merge` added (``moelora.py:734-748``)."""
         if not self.merged:
-            warnings.warn("Already unmerged. Nothing to do.")
+            warnings.warn("MoE-LoRA layer is not merged; unmerge() does nothing.")
             return
         if self.cfg.mode == "faithful":  # recomputed from the current weights, as the reference
             delta = self.lora_B[self.adapter].weight @ self.lora_A[self.adapter].weight * self.scaling

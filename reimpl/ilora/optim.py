@@ -137,7 +137,7 @@ class WarmupCosineSchedule:
     def lrs_at(self, cur_step: int, cur_epoch: int, max_step: int) -> list[float]:
         out = []
         for i in range(len(self.optimizer.param_groups)):
-            if cur_epoch == 0 and cur_step < self.warmup_steps:
+            if cur_step < self.warmup_steps and cur_epoch == 0:  # warmup only in epoch 0
                 out.append(warmup_lr(cur_step, self.warmup_start_lr[i], self.init_lr[i], self.warmup_steps))
             else:
                 if max_step - self.warmup_steps <= 0:

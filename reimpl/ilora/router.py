@@ -86,7 +86,7 @@ class GateFunction(nn.Module):
 
     def __init__(self, input_size: int, output_size: int):
         super().__init__()
-        self.fc = nn.Linear(input_size, output_size)
+        self.fc = nn.Linear(in_features=input_size, out_features=output_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.softmax(self.fc(x), dim=-1)

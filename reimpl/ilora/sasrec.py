@@ -63,7 +63,7 @@ class SASRecConfig:
                              f"num_heads={self.num_heads}")
 
 
-class MultiHeadAttention(nn.Module):
+class MaskedSelfAttention(nn.Module):
     """Causal self-attention with residual (``SASRecModules_ori.py:26-94``), vectorized over heads.
 
     The head split reproduces the reference's layout ``[h*N, T, C/h]`` (heads stacked on the batch
@@ -107,7 +107,7 @@ class MultiHeadAttention(nn.Module):
         return out + queries
 
 
-class PositionwiseFeedForward(nn.Module):
+class PointwiseFFN(nn.Module):
     """``LN(x + Dropout(W2 relu(W1 x)))`` with 1x1 convolutions (``SASRecModules_ori.py:7-22``)."""
 
     def __init__(self, hidden_size: int, dropout: float):
@@ -134,14 +134,14 @@ class SASRec(nn.Module):
         self.config = config
         h = config.hidden_size
         self.item_embeddings = nn.Embedding(config.item_num + 1, h)
-        nn.init.normal_(self.item_embeddings.weight, 0, 1)
+        nn.init.normal_(self.item_embeddings.weight, mean=0.0, std=1.0)
         self.positional_embeddings = nn.Embedding(config.state_size, h)
         self.emb_dropout = nn.Dropout(config.dropout)
         self.ln_1 = nn.LayerNorm(h)
         self.ln_2 = nn.LayerNorm(h)
         self.ln_3 = nn.LayerNorm(h)
-        self.mh_attn = MultiHeadAttention(h, config.num_heads, config.dropout)
-        self.feed_forward = PositionwiseFeedForward(h, config.dropout)
+        self.mh_attn = MaskedSelfAttention(h, config.num_heads, config.dropout)
+        self.feed_forward = PointwiseFFN(h, config.dropout)
         self.s_fc = nn.Linear(h, config.item_num)
 
     # -- input checks -------------------------------------------------------------------------

@@ -27,7 +27,7 @@ class Caser(nn.Module):
         self.dropout_rate = dropout_rate
         self.ed_weight = ed_weight
         self.item_embeddings = nn.Embedding(self.item_num + 1, hidden_size)
-        nn.init.normal_(self.item_embeddings.weight, 0, 0.01)
+        nn.init.normal_(self.item_embeddings.weight, mean=0.0, std=0.01)
         # all horizontal convs are created before any is re-initialized (RNG order of main.py:97-102)
         self.horizontal_cnn = nn.ModuleList(
             [nn.Conv2d(1, num_filters, (h, hidden_size)) for h in self.filter_sizes])
@@ -35,8 +35,8 @@ class Caser(nn.Module):
             nn.init.xavier_normal_(cnn.weight)
             nn.init.constant_(cnn.bias, 0.1)
         self.vertical_cnn = nn.Conv2d(1, 1, (state_size, 1))
-        nn.init.xavier_normal_(self.vertical_cnn.weight)
-        nn.init.constant_(self.vertical_cnn.bias, 0.1)
+        nn.init.xavier_normal_(self.vertical_cnn.weight, gain=1.0)
+        nn.init.constant_(self.vertical_cnn.bias, val=0.1)
         self.num_filters_total = num_filters * len(self.filter_sizes)
         self.s_fc = nn.Linear(hidden_size + self.num_filters_total, self.item_num)
         self.dropout = nn.Dropout(dropout_rate)

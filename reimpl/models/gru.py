@@ -24,7 +24,7 @@ class GRU(nn.Module):
         self.ed_weight = ed_weight  # the reference reads the global args.ed_weight (main.py:69)
         # creation + init order = the reference's (same seed -> same weights)
         self.item_embeddings = nn.Embedding(self.item_num + 1, hidden_size)
-        nn.init.normal_(self.item_embeddings.weight, 0, 0.01)
+        nn.init.normal_(self.item_embeddings.weight, mean=0.0, std=0.01)
         self.gru = nn.GRU(input_size=hidden_size, hidden_size=hidden_size, num_layers=gru_layers,
                           batch_first=True)
         self.s_fc = nn.Linear(hidden_size, self.item_num)

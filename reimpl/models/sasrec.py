@@ -23,7 +23,7 @@ from reimpl.dllm2rec.injection import inject
 MASK_VALUE = -(2.0**32) + 1.0  # the reference's additive "minus infinity" (-2 ** 32 + 1)
 
 
-class PositionwiseFeedForward(nn.Module):
+class PointwiseFFN(nn.Module):
     """``LayerNorm(x + dropout(W2 relu(W1 x)))`` with 1x1 Conv1d weights ``[d, d, 1]``. x: ``[B, L, d]``."""
 
     def __init__(self, d_in: int, d_hid: int, dropout: float = 0.1):
@@ -38,7 +38,7 @@ class PositionwiseFeedForward(nn.Module):
         return self.layer_norm(self.dropout(out) + x)
 
 
-class MultiHeadAttention(nn.Module):
+class MaskedSelfAttention(nn.Module):
     """Causal self-attention with key/query masks and a residual to the queries.
 
     queries, keys: ``[B, L, C]`` -> ``[B, L, C]``. Heads are stacked head-major on the batch axis
@@ -48,12 +48,12 @@ class MultiHeadAttention(nn.Module):
     def __init__(self, hidden_size: int, num_units: int, num_heads: int, dropout_rate: float):
         super().__init__()
         if hidden_size % num_heads:
-            raise ValueError(f"MultiHeadAttention: hidden_size {hidden_size} not divisible by "
+            raise ValueError(f"MaskedSelfAttention: hidden_size {hidden_size} not divisible by "
                              f"num_heads {num_heads}")
         self.hidden_size, self.num_heads = hidden_size, num_heads
-        self.linear_q = nn.Linear(hidden_size, num_units)
-        self.linear_k = nn.Linear(hidden_size, num_units)
-        self.linear_v = nn.Linear(hidden_size, num_units)
+        # created in q, k, v order (the reference's RNG order); names match its state dict
+        for name in ("linear_q", "linear_k", "linear_v"):
+            setattr(self, name, nn.Linear(hidden_size, num_units))
         self.dropout = nn.Dropout(dropout_rate)
 
     def _heads(self, x: torch.Tensor) -> torch.Tensor:  # [B, L, C] -> [h*B, L, C/h], head-major
@@ -86,14 +86,14 @@ class SASRec(nn.Module):
         self.state_size, self.hidden_size, self.item_num = state_size, hidden_size, int(item_num)
         self.ed_weight = ed_weight
         self.item_embeddings = nn.Embedding(self.item_num + 1, hidden_size)
-        nn.init.normal_(self.item_embeddings.weight, 0, 0.01)
+        nn.init.normal_(self.item_embeddings.weight, mean=0.0, std=0.01)
         self.positional_embeddings = nn.Embedding(state_size, hidden_size)
         self.emb_dropout = nn.Dropout(dropout)
         self.ln_1 = nn.LayerNorm(hidden_size)
         self.ln_2 = nn.LayerNorm(hidden_size)
         self.ln_3 = nn.LayerNorm(hidden_size)
-        self.mh_attn = MultiHeadAttention(hidden_size, hidden_size, num_heads, dropout)
-        self.feed_forward = PositionwiseFeedForward(hidden_size, hidden_size, dropout)
+        self.mh_attn = MaskedSelfAttention(hidden_size, hidden_size, num_heads, dropout)
+        self.feed_forward = PointwiseFFN(hidden_size, hidden_size, dropout)
         self.s_fc = nn.Linear(hidden_size, self.item_num)
         self.fc_4096_64 = nn.Linear(d_llm, d_proj)
 
