@@ -326,8 +326,8 @@ class MoeLoraModel(nn.Module):
         if not self.wrapped:
             raise ValueError(f"MoeLoraModel: target modules {list(self.cfg.target_modules)} not found in the model")
         # mark_only_lora_as_trainable (moelora.py:554-557), bias="none"
-        for n, p in model.named_parameters():
-            p.requires_grad = ("lora_" in n) or ("gating" in n)
+        for name, param in model.named_parameters():
+            param.requires_grad = ("lora_" in name) or ("gating" in name)
 
     def layers(self) -> list[MoeLoraLinear]:
         return [m for m in self.model.modules() if isinstance(m, MoeLoraLinear)]

@@ -26,7 +26,7 @@ from reimpl.deviations import check_mode
 from reimpl.ilora.sasrec import SASRec
 
 
-class MlpProjector(nn.Module):
+class MlpProjector(nn.Module):  # Linear -> GELU -> Linear
     """``Linear(rec, llm) -> GELU -> Linear(llm, llm)`` (``mlp_projector.py:3-14``), same parameter names."""
 
     def __init__(self, rec_size: int = 64, llm_size: int = 4096):

@@ -60,7 +60,7 @@ def _shortcut_pad(x: torch.Tensor, diff: int, dims: int) -> torch.Tensor:
     return F.pad(x[:, :, ::2, ::2], (0, 0, 0, 0, diff // 2, (diff + 1) // 2), "constant", 0)
 
 
-class ResidualBlock(nn.Module):
+class ResBlock1d(nn.Module):
     """Two 3-wide convs + BatchNorm with a padded identity shortcut (``nlpr.py:15-36``, ``cvr.py:14-34``)."""
 
     def __init__(self, in_planes: int, planes: int, stride: int, dims: int):
@@ -75,13 +75,13 @@ class ResidualBlock(nn.Module):
         self.pad = planes - in_planes if (stride != 1 or in_planes != planes) else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
+        out = F.relu(self.bn1(self.conv1(x)), inplace=False)
+        out = self.bn2(self.conv2(out))  # second conv, no activation before the shortcut
         out = out + (x if self.pad is None else _shortcut_pad(x, self.pad, self.dims))
         return F.relu(out)
 
 
-class GateFunction(nn.Module):
+class SoftmaxGate(nn.Module):
     """``softmax(Linear(x))`` (``nlpr.py:39-45``)."""
 
     def __init__(self, input_size: int, output_size: int):
@@ -97,7 +97,7 @@ def _make_stages(module: nn.Module, num_blocks: tuple[int, int, int], dims: int)
     for i, (planes, stride) in enumerate(((16, 1), (32, 2), (64, 2))):
         blocks = []
         for s in [stride] + [1] * (num_blocks[i] - 1):
-            blocks.append(ResidualBlock(in_planes, planes, s, dims))
+            blocks.append(ResBlock1d(in_planes, planes, s, dims))
             in_planes = planes
         setattr(module, f"layer{i + 1}", nn.Sequential(*blocks))
 
@@ -111,7 +111,7 @@ class NLPRouter(nn.Module):
         self.conv1 = nn.Conv1d(1, 16, kernel_size=3, stride=1, padding=1, bias=False)
         self.bn1 = nn.BatchNorm1d(16)
         _make_stages(self, self.cfg.num_blocks, dims=1)
-        self.gate = GateFunction(self.cfg.input_size, self.cfg.num_experts)
+        self.gate = SoftmaxGate(self.cfg.input_size, self.cfg.num_experts)
 
     def forward(self, user_embeds: torch.Tensor) -> torch.Tensor:
         """user_embeds ``[B, 1, H]`` (``cacul_h``) or ``[B, H]`` -> gate ``[B, E]`` (rows sum to 1)."""
@@ -140,7 +140,7 @@ class CVRouter(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4 or x.shape[1] != 3:
             raise ValueError(f"CVRouter: input must be [B, 3, H, W], got {tuple(x.shape)}")
-        out = F.relu(self.bn1(self.conv1(x)))
+        out = F.relu(self.bn1(self.conv1(x)), inplace=False)
         out = self.layer3(self.layer2(self.layer1(out)))
         return self.fc(out.mean(dim=(-2, -1)))
 

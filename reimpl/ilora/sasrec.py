@@ -72,12 +72,11 @@ class MaskedSelfAttention(nn.Module):
 
     def __init__(self, hidden_size: int, num_heads: int, dropout: float):
         super().__init__()
-        self.hidden_size = hidden_size
-        self.num_heads = num_heads
+        self.hidden_size, self.num_heads = hidden_size, num_heads
         self.linear_q = nn.Linear(hidden_size, hidden_size)
         self.linear_k = nn.Linear(hidden_size, hidden_size)
         self.linear_v = nn.Linear(hidden_size, hidden_size)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = nn.Dropout(p=dropout)
 
     def _split(self, t: torch.Tensor) -> torch.Tensor:
         # [N, T, C] -> [h*N, T, C/h], head-major on the batch axis as torch.cat(torch.split(...), 0)
@@ -115,7 +114,7 @@ class PointwiseFFN(nn.Module):
         self.w_1 = nn.Conv1d(hidden_size, hidden_size, 1)
         self.w_2 = nn.Conv1d(hidden_size, hidden_size, 1)
         self.layer_norm = nn.LayerNorm(hidden_size)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = nn.Dropout(p=dropout)
 
     def forward(self, x: torch.Tensor, dropout: bool | None = None) -> torch.Tensor:
         """x ``[N, T, C]`` -> ``[N, T, C]``; ``dropout`` None = module mode."""

@@ -23,23 +23,22 @@ class Caser(nn.Module):
         self.mode = check_mode(mode)
         self.hidden_size, self.item_num, self.state_size = hidden_size, int(item_num), state_size
         self.filter_sizes = list(filter_sizes)
-        self.num_filters = num_filters
-        self.dropout_rate = dropout_rate
+        self.num_filters, self.dropout_rate = num_filters, dropout_rate
         self.ed_weight = ed_weight
         self.item_embeddings = nn.Embedding(self.item_num + 1, hidden_size)
         nn.init.normal_(self.item_embeddings.weight, mean=0.0, std=0.01)
         # all horizontal convs are created before any is re-initialized (RNG order of main.py:97-102)
-        self.horizontal_cnn = nn.ModuleList(
-            [nn.Conv2d(1, num_filters, (h, hidden_size)) for h in self.filter_sizes])
-        for cnn in self.horizontal_cnn:
-            nn.init.xavier_normal_(cnn.weight)
-            nn.init.constant_(cnn.bias, 0.1)
+        self.horizontal_cnn = nn.ModuleList([nn.Conv2d(1, num_filters, (h, hidden_size))
+                                             for h in self.filter_sizes])
+        for conv in self.horizontal_cnn:
+            nn.init.xavier_normal_(conv.weight, gain=1.0)
+            nn.init.constant_(conv.bias, val=0.1)
         self.vertical_cnn = nn.Conv2d(1, 1, (state_size, 1))
         nn.init.xavier_normal_(self.vertical_cnn.weight, gain=1.0)
         nn.init.constant_(self.vertical_cnn.bias, val=0.1)
         self.num_filters_total = num_filters * len(self.filter_sizes)
         self.s_fc = nn.Linear(hidden_size + self.num_filters_total, self.item_num)
-        self.dropout = nn.Dropout(dropout_rate)
+        self.dropout = nn.Dropout(p=dropout_rate)
         self.fc_4096_64 = nn.Linear(d_llm, d_proj)
 
     def forward(self, states: torch.Tensor, len_states=None, llm_emb: torch.Tensor | None = None

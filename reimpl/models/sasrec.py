@@ -28,10 +28,10 @@ class PointwiseFFN(nn.Module):
 
     def __init__(self, d_in: int, d_hid: int, dropout: float = 0.1):
         super().__init__()
-        self.w_1 = nn.Conv1d(d_in, d_hid, 1)
-        self.w_2 = nn.Conv1d(d_hid, d_in, 1)
-        self.layer_norm = nn.LayerNorm(d_in)
-        self.dropout = nn.Dropout(dropout)
+        self.w_1 = nn.Conv1d(d_in, d_hid, kernel_size=1)
+        self.w_2 = nn.Conv1d(d_hid, d_in, kernel_size=1)
+        self.layer_norm = nn.LayerNorm(normalized_shape=d_in)
+        self.dropout = nn.Dropout(p=dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.w_2(F.relu(self.w_1(x.transpose(1, 2)))).transpose(1, 2)
@@ -54,7 +54,7 @@ class MaskedSelfAttention(nn.Module):
         # created in q, k, v order (the reference's RNG order); names match its state dict
         for name in ("linear_q", "linear_k", "linear_v"):
             setattr(self, name, nn.Linear(hidden_size, num_units))
-        self.dropout = nn.Dropout(dropout_rate)
+        self.dropout = nn.Dropout(p=dropout_rate)
 
     def _heads(self, x: torch.Tensor) -> torch.Tensor:  # [B, L, C] -> [h*B, L, C/h], head-major
         return torch.cat(x.split(x.size(-1) // self.num_heads, dim=2), dim=0)
@@ -88,10 +88,8 @@ class SASRec(nn.Module):
         self.item_embeddings = nn.Embedding(self.item_num + 1, hidden_size)
         nn.init.normal_(self.item_embeddings.weight, mean=0.0, std=0.01)
         self.positional_embeddings = nn.Embedding(state_size, hidden_size)
-        self.emb_dropout = nn.Dropout(dropout)
-        self.ln_1 = nn.LayerNorm(hidden_size)
-        self.ln_2 = nn.LayerNorm(hidden_size)
-        self.ln_3 = nn.LayerNorm(hidden_size)
+        self.emb_dropout = nn.Dropout(p=dropout)
+        self.ln_1, self.ln_2, self.ln_3 = (nn.LayerNorm(normalized_shape=hidden_size) for _ in range(3))
         self.mh_attn = MaskedSelfAttention(hidden_size, hidden_size, num_heads, dropout)
         self.feed_forward = PointwiseFFN(hidden_size, hidden_size, dropout)
         self.s_fc = nn.Linear(hidden_size, self.item_num)
