@@ -215,3 +215,14 @@ def test_data_pipeline_matches_reference(lastfm, refs):
             assert rb["flag"] == ob["flag"] is False
         else:
             assert rb["cans_name"] == ob["cans_name"] and rb["correct_answer"] == ob["correct_answer"]
+
+
+def test_fixed_mode_trains_through_text_only_curriculum_batches(lastfm, tmp_path):
+    """Regression: fixed mode used to reject the text-only ([PH]) prompts of the curriculum, whose
+    history/candidate lengths are non-zero while the prompt has no placeholders to fill."""
+    cfg, prompts = lastfm
+    t = _teacher(mode="fixed")
+    tcfg = TrainConfig(batch_size=2, accumulate_grad_batches=2, max_epochs=1, limit_rows=8, limit_train_batches=4,
+                       mode="fixed")
+    r = train(t, LastFMData(cfg, "train"), prompts, tcfg, ckpt_dir=tmp_path, progress=False)
+    assert len(r.losses) == 4 and all(np.isfinite(r.losses))

@@ -44,7 +44,7 @@ from reimpl.ilora import deviations_teacher  # noqa: F401  (declares this module
 from reimpl.ilora.evaluate import HR1Result, first_line, hr1_valid_ratio
 from reimpl.ilora.loss import causal_lm_loss, lm_targets, sequence_logprob
 from reimpl.ilora.moe_lora import LLAMA_TARGETS, MoeLoraConfig, wrap_moe_lora
-from reimpl.ilora.projector import MlpProjector, encode_items
+from reimpl.ilora.projector import MlpProjector, encode_items, encode_users
 from reimpl.ilora.prompt import PlaceholderIds, fill_prompt, placeholder_ids, wrap_emb
 from reimpl.ilora.router import RouterConfig, build_router
 from reimpl.ilora.sasrec import SASRec
@@ -120,6 +120,14 @@ class ILoRATeacher(nn.Module):
             if k not in batch:
                 raise KeyError(f"teacher batch lacks {k!r} (expected keys: input_ids, attention_mask, seq, cans, "
                                "len_seq, len_cans, item_id[, token_type_ids])")
+        if batch.get("flag") and self.cfg.mode == "fixed":
+            # text-only ([PH]) curriculum prompt: it has no placeholders, so there is nothing to inject
+            # (the reference's loop replaces nothing there); fixed mode's strict placeholder/item count
+            # check (ILORA-INJECT-COUNT-MISMATCH) must not see the history/candidate lengths.
+            embeds = self.llama_model.get_input_embeddings()(batch["input_ids"])
+            user = encode_users(self.rec_model, _tensor(batch["seq"], "seq"), _tensor(batch["len_seq"], "len_seq"),
+                                self.cfg.mode)
+            return embeds, user
         return wrap_emb(self.llama_model.get_input_embeddings(), self.rec_model, self.projector, self.ph_ids,
                         batch["input_ids"], _tensor(batch["seq"], "seq"), _tensor(batch["cans"], "cans"),
                         _tensor(batch["item_id"], "item_id"), _tensor(batch["len_seq"], "len_seq"),
