@@ -101,10 +101,10 @@ def _aheapsort(v, t, lo: int, n: int) -> None:
     def put(k, x):
         t[lo + k - 1] = x
 
-    for l in range(n >> 1, 0, -1):  # noqa: E741
-        tmp, i, j = get(l), l, l << 1
-        while j <= n:
-            if j < n and v[get(j)] < v[get(j + 1)]:
+    def sift_down(tmp, i: int, m: int) -> None:  # place tmp at 1-based slot i of a heap of size m
+        j = i << 1
+        while j <= m:
+            if j < m and v[get(j)] < v[get(j + 1)]:
                 j += 1
             if v[tmp] < v[get(j)]:
                 put(i, get(j))
@@ -112,20 +112,14 @@ def _aheapsort(v, t, lo: int, n: int) -> None:
             else:
                 break
         put(i, tmp)
+
+    for l in range(n >> 1, 0, -1):  # noqa: E741
+        sift_down(get(l), l, n)
     while n > 1:
         tmp = get(n)
         put(n, get(1))
         n -= 1
-        i, j = 1, 2
-        while j <= n:
-            if j < n and v[get(j)] < v[get(j + 1)]:
-                j += 1
-            if v[tmp] < v[get(j)]:
-                put(i, get(j))
-                i, j = j, j + j
-            else:
-                break
-        put(i, tmp)
+        sift_down(tmp, 1, n)
 
 
 def introsort_argsort(keys) -> np.ndarray:
