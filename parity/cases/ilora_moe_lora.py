@@ -98,7 +98,9 @@ def _run_linear(layer, call, inputs: dict) -> dict:
     return out
 
 
-def run_reference_linear(inputs: dict) -> dict:
+def _ref_layer_and_call(inputs: dict):
+    """The reference layer (weights from the inputs) and ``call(x, gate)``, which hands the gate to it the
+    way MoeLoraModel.forward does: through the shared list the layer reads."""
     import parity.refs
 
     gl: list = []
@@ -110,6 +112,11 @@ def run_reference_linear(inputs: dict) -> dict:
         gl.append(g.unsqueeze(1))   # the router's [B, 1, E] (nlpr.py:80), as MoeLoraModel.forward stores it
         return layer(x)
 
+    return layer, call
+
+
+def run_reference_linear(inputs: dict) -> dict:
+    layer, call = _ref_layer_and_call(inputs)
     return _run_linear(layer, call, inputs)
 
 
@@ -158,17 +165,7 @@ def _run_merge(layer, call, merge, inputs: dict) -> dict:
 
 
 def run_reference_merge(inputs: dict) -> dict:
-    import parity.refs
-
-    gl: list = []
-    layer = _ref_linear(parity.refs.ilora(), gl).double()
-    _load(layer, inputs, reference=True)
-
-    def call(x, g):
-        gl.clear()
-        gl.append(g.unsqueeze(1))
-        return layer(x)
-
+    layer, call = _ref_layer_and_call(inputs)
     return _run_merge(layer, call, layer.merge, inputs)
 
 
