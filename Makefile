@@ -41,12 +41,17 @@ bench: setup refs
 extensions: setup
 	$(PY) -m reimpl.extensions.trial
 
-# Student baselines without distillation, reference main.py (subprocess, unmodified) vs reimpl faithful/fixed,
-# 3 seeds -> reports/baselines.md. Results are cached under runs/ and a finished run is never rerun (resume).
+# Issue 7, everything -> reports/baselines.md. Part 1: student baselines without distillation, reference main.py
+# (subprocess, unmodified) vs reimpl faithful/fixed, 3 seeds. Parts 2-3 (plan distill): the reimpl iLoRA teacher on
+# the real SmolLM2 (train, evaluate, export for a 512-row student slice), then students with and without
+# distillation on that slice, both sides. Results and teacher phases are cached under runs/ and resume.
 baseline: setup refs
-	$(PY) -m reimpl.baselines run --plan full
+	$(PY) -m reimpl.baselines run --plan full --no-report
+	$(PY) -m reimpl.baselines run --plan distill --no-report
+	$(PY) -m reimpl.baselines report --plan full
 
-# The same pipeline on seeded slices (a few minutes on 2 cores); also run by the test suite.
+# The same pipeline on seeded slices, with the tiny random Llama as teacher (a few minutes on 2 cores);
+# also run by the test suite.
 baseline-quick: setup refs-optional
 	$(PY) -m reimpl.baselines run --plan quick
 

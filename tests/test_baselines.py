@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -163,7 +164,7 @@ def test_plans_are_data():
         assert not any(r.dataset.source == "dllm2rec-game" for r in plan.runs())  # no train split
         assert len(plan.seeds) >= 2
     assert len(FULL.seeds) >= 3 and {r.side for r in FULL.runs()} == {"reference", "faithful", "fixed"}
-    assert len(QUICK.runs()) <= 24  # CI budget (tests/test_baselines_quick.py)
+    assert len(QUICK.runs()) <= 27  # CI budget (tests/test_baselines_quick.py): 21 plain + 6 with the tiny teacher
     spec = FULL.runs()[0]
     argv = student_argv(spec)
     assert argv[argv.index("--lam") + 1] == "0" and argv[argv.index("--epoch") + 1] == str(FULL.epochs)
@@ -233,3 +234,86 @@ def test_report_renders_partial_cache(tmp_path):
     assert (tmp_path / "rep" / "figures" / "baselines_curves_toy.png").stat().st_size > 1000
     assert (tmp_path / "rep" / "figures" / "baselines_bars_toy.png").stat().st_size > 1000
     assert "![NDCG@20 per epoch](figures/baselines_curves_toy.png)" in text
+
+
+# ------------------------------------------------------------------------- distillation plan pieces
+def _toy_split(n_rows: int, seed: int = 0):
+    from reimpl.data.types import SeqSplit
+
+    rng = np.random.default_rng(seed)
+    L, pad = 5, 20
+    hist = rng.integers(0, L + 1, n_rows)                  # 0 .. L history items
+    seqs = np.full((n_rows, L), pad, dtype=np.int64)
+    for i, h in enumerate(hist):
+        seqs[i, :h] = rng.integers(0, pad, h)
+    return SeqSplit("train", seqs, np.maximum(1, hist), rng.integers(0, pad, n_rows), pad, pad), hist
+
+
+@settings(max_examples=25, deadline=None)
+@given(n_rows=st.integers(1, 40), take=st.integers(1, 50), min_history=st.integers(0, 6), seed=st.integers(0, 5))
+def test_slice_rows_min_history(n_rows, take, min_history, seed):
+    from reimpl.baselines.data import slice_rows
+
+    split, hist = _toy_split(n_rows, seed)
+    rows = slice_rows(split, take, np.random.default_rng(seed), min_history)
+    pool = np.flatnonzero(hist >= min_history)
+    if rows is None:  # no slice needed: every row qualifies and all are taken
+        assert len(pool) == n_rows and take >= n_rows
+        return
+    assert np.all(np.diff(rows) > 0)                        # sorted, unique: file order kept
+    assert set(rows.tolist()) <= set(pool.tolist())
+    assert len(rows) == min(take, len(pool))
+
+
+def test_slice_rows_is_seeded():
+    from reimpl.baselines.data import slice_rows
+
+    split, _ = _toy_split(100)
+    a = slice_rows(split, 10, np.random.default_rng(3), 1)
+    assert np.array_equal(a, slice_rows(split, 10, np.random.default_rng(3), 1))
+    assert not np.array_equal(a, slice_rows(split, 10, np.random.default_rng(4), 1))
+
+
+def test_distill_pair_and_plan():
+    from reimpl.baselines.config import DISTILL, DISTILLATION, NO_DISTILLATION, distill_pair
+
+    base = DatasetSpec("lastfm", "L", "ilora-lastfm", train_rows=64, min_history=1)
+    plain, kd = distill_pair(base, "tiny", models=("GRU",), seeds=(1,))
+    assert plain.key == "lastfm-slice64xallh1" and kd.key == "lastfm-slice64xallh1+kd"
+    plan = Plan(name="u", datasets=(plain, kd), seeds=(1, 2))
+    args = {r.dataset.key: r.student_args for r in plan.runs()}
+    assert args == {plain.key: NO_DISTILLATION, kd.key: DISTILLATION}
+    assert len({r.run_id for r in DISTILL.runs()}) == len(DISTILL.runs()) == 54
+
+
+def test_prepare_refuses_misaligned_teacher_rows(shared_dir, tmp_path):
+    import dataclasses
+
+    from reimpl.baselines.data import prepare
+
+    ds = DatasetSpec("lastfm", "L", "ilora-lastfm", train_rows=16, eval_rows=8, min_history=1)
+    man = prepare(ds, tmp_path, shared=shared_dir)
+    rows = np.loadtxt(Path(man["workdir"]) / "train_rows.txt", dtype=np.int64)
+    assert len(rows) == 16
+    tocf = tmp_path / "tocf_src"
+    tocf.mkdir()
+    kd = dataclasses.replace(ds, tocf_dir=str(tocf), variant="kd")
+    with pytest.raises(FileNotFoundError, match="rows.txt"):
+        prepare(kd, tmp_path, shared=shared_dir)
+    np.savetxt(tocf / "rows.txt", rows[::-1], fmt="%d")
+    with pytest.raises(ValueError, match="other train rows"):
+        prepare(kd, tmp_path, shared=shared_dir)
+    np.savetxt(tocf / "rows.txt", rows, fmt="%d")
+    man = prepare(kd, tmp_path, shared=shared_dir)
+    assert (Path(man["workdir"]) / "tocf" / "lastfm").resolve() == tocf.resolve()
+
+
+def test_history_identity_separates_loss_drift_from_metric_changes():
+    h = lambda loss, hr: [{"loss": loss, "val": {"hr": [hr] * 4, "ndcg": [0.1] * 4, "mrr": 0.1},  # noqa: E731
+                           "test": {"hr": [hr] * 4, "ndcg": [0.1] * 4, "mrr": 0.1}}]
+    same = stats.history_identity({1: {"history": h(17.0, 0.2)}}, {1: {"history": h(17.0, 0.2)}})
+    assert same["identical"] and same["metrics_identical"]
+    drift = stats.history_identity({1: {"history": h(17.0, 0.2)}}, {1: {"history": h(17.0 + 6e-8, 0.2)}})
+    assert not drift["identical"] and drift["metrics_identical"] and drift["loss_max_rel"] < 1e-8
+    moved = stats.history_identity({1: {"history": h(17.0, 0.2)}}, {1: {"history": h(17.0, 0.3)}})
+    assert not moved["identical"] and not moved["metrics_identical"]

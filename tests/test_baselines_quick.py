@@ -12,6 +12,8 @@ import os
 import subprocess
 import sys
 import time
+
+import numpy as np
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,7 +42,8 @@ def test_baseline_quick_end_to_end(shared_dir, tmp_path):
     elapsed = time.time() - t0
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     results = [json.loads(f.read_text()) for f in (root / "results").glob("*.json")]
-    expected = [r for r in QUICK.runs() if have_ref or r.side != "reference"]
+    # without refs: no reference runs, and no teacher (its prompt file comes from the iLoRA checkout)
+    expected = [r for r in QUICK.runs() if have_ref or (r.side != "reference" and r.dataset.teacher is None)]
     assert sorted(r["run_id"] for r in results) == sorted(r.run_id for r in expected)
     assert all(r["status"] == "finished" and len(r["history"]) == QUICK.epochs for r in results)
     text = (rep / "baselines.md").read_text()
@@ -55,8 +58,19 @@ def test_baseline_quick_end_to_end(shared_dir, tmp_path):
                 assert ["np.random.seed", 2024, seed] in r["seed_calls"]
                 # faithful reimpl reproduces the reference run for run (same seed, same data)
                 ident = stats.history_identity({seed: r}, {seed: by[(ds, model, "faithful", seed)]})
-                assert ident["identical"], (ds, model, seed, ident)
+                if "+kd" in ds:
+                    # distillation: float rounding drift of the loss only (dllm2rec.train_step tolerance note)
+                    assert ident["metrics_identical"] and ident["loss_max_rel"] < 1e-6, (ds, model, seed, ident)
+                else:
+                    assert ident["identical"], (ds, model, seed, ident)
         assert "identical per seed" in text
+        # the tiny teacher ran all three phases and exported exactly the student slice
+        tj = json.loads((root / "teacher" / "tiny" / "teacher.json").read_text())
+        assert tj["done"] and tj["export"]["rows"] == 256
+        work = root / "work" / "lastfm-slice256x64h1+kd"
+        assert (np.loadtxt(work / "tocf" / "lastfm" / "rows.txt", dtype=np.int64)
+                == np.loadtxt(work / "train_rows.txt", dtype=np.int64)).all()
+        assert "Does distillation help?" in text
     # resume: everything is cached, nothing reruns
     t1 = time.time()
     p2 = _run(root, rep)

@@ -21,7 +21,7 @@ from reimpl.baselines.data import ROOT
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m reimpl.baselines", description=__doc__.splitlines()[0])
-    ap.add_argument("cmd", choices=("run", "report"))
+    ap.add_argument("cmd", choices=("run", "report", "teacher"))
     ap.add_argument("--plan", choices=sorted(PLANS), default="quick")
     ap.add_argument("--root", default=None, help="results cache (default runs/baselines/<plan>)")
     ap.add_argument("--report-dir", default=None,
@@ -31,6 +31,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", default=None, help="override the plan's seeds, e.g. 1,2,3,4,5")
     ap.add_argument("--no-progress", action="store_true")
     ap.add_argument("--no-report", action="store_true", help="run only; render later with `report`")
+    ap.add_argument("--phases", default="train,eval,export",
+                    help="teacher: which phases to run now (train always completes first)")
     a = ap.parse_args(argv)
     plan = PLANS[a.plan]
     if a.epochs is not None or a.seeds is not None:
@@ -39,6 +41,21 @@ def main(argv: list[str] | None = None) -> int:
     root = Path(a.root) if a.root else ROOT / "runs" / "baselines" / plan.name
     report_dir = Path(a.report_dir) if a.report_dir else (ROOT / "reports" if plan.name == "full" else root)
     status = None
+    if a.cmd == "teacher":   # only the teacher phases of the plan's distilled data sets
+        from reimpl.baselines.data import prepare
+        from reimpl.baselines.runner import teacher_dir
+        from reimpl.baselines.teacher import TEACHERS, run_teacher
+        import numpy as np
+
+        for ds in plan.datasets:
+            if ds.teacher is None:
+                continue
+            base = dataclasses.replace(ds, teacher=None, student_args=None, variant="", tocf_dir=None)
+            twin = next((d for d in plan.datasets if d.key == base.key), base)
+            rows = np.loadtxt(Path(prepare(twin, root)["workdir"]) / "train_rows.txt", dtype=np.int64, ndmin=1)
+            run_teacher(TEACHERS[ds.teacher], rows.tolist(), teacher_dir(root, ds.teacher), data_name=ds.name,
+                        progress=not a.no_progress, phases=a.phases.split(","))
+        return 0
     if a.cmd == "run":
         from reimpl.baselines.runner import run_plan
 
@@ -46,7 +63,10 @@ def main(argv: list[str] | None = None) -> int:
     if a.cmd == "report" or not a.no_report:
         from reimpl.baselines.report import render
 
-        path = render(plan, root, report_dir)
+        extra = ()
+        if plan.name == "full" and not a.root:   # reports/baselines.md also holds the distillation plan
+            extra = ((PLANS["distill"], ROOT / "runs" / "baselines" / "distill"),)
+        path = render(plan, root, report_dir, extra)
         print(f"wrote {path}")
     return 1 if status and status["failed"] else 0
 

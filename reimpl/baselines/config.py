@@ -13,6 +13,7 @@ data set a ``tocf`` folder (``DatasetSpec.tocf_dir``), which ``data.prepare`` li
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 from reimpl.deviations import check_mode
@@ -41,7 +42,11 @@ class DatasetSpec:
     slice_seed: int = 0
     models: tuple[str, ...] | None = None   # None: the plan's models
     seeds: tuple[int, ...] | None = None    # None: the plan's seeds
-    tocf_dir: str | None = None             # hook for teacher files (tocf/<name>/), unused without distillation
+    tocf_dir: str | None = None             # teacher files (tocf/<name>/); set by the runner from ``teacher``
+    min_history: int = 0                    # train slice drawn from rows with >= this many history items
+    teacher: str | None = None              # reimpl.baselines.teacher.TEACHERS key: export for this slice
+    student_args: tuple[tuple[str, float], ...] | None = None   # None: the plan's (no distillation)
+    variant: str = ""                       # key suffix, e.g. "kd" for the distilled twin of a slice
 
     def __post_init__(self) -> None:
         if self.source not in ("ilora-lastfm", "ml-100k", "dllm2rec-game"):
@@ -51,9 +56,12 @@ class DatasetSpec:
     @property
     def key(self) -> str:
         """Folder / run-id key: the name, plus the slice when sliced."""
-        if self.train_rows is None and self.eval_rows is None:
-            return self.name
-        return f"{self.name}-slice{self.train_rows or 'all'}x{self.eval_rows or 'all'}"
+        key = self.name
+        if self.train_rows is not None or self.eval_rows is not None:
+            key += f"-slice{self.train_rows or 'all'}x{self.eval_rows or 'all'}"
+            if self.min_history:
+                key += f"h{self.min_history}"
+        return key + (f"+{self.variant}" if self.variant else "")
 
 
 @dataclass(frozen=True)
@@ -103,7 +111,8 @@ class Plan:
             for model in ds.models or self.models:
                 for seed in ds.seeds or self.seeds:
                     for side in self.sides:
-                        out.append(RunSpec(ds, model, side, seed, self.epochs, self.student_args))
+                        out.append(RunSpec(ds, model, side, seed, self.epochs,
+                                           ds.student_args if ds.student_args is not None else self.student_args))
         return out
 
 
@@ -111,10 +120,25 @@ LASTFM = DatasetSpec("lastfm", "LastFM (iLoRA split)", "ilora-lastfm")
 MOVIELENS = DatasetSpec("movielens", "ml-100k (built, iLoRA val/test users)", "ml-100k")
 GAME = DatasetSpec("game", "Amazon Games (DLLM2Rec val/test)", "dllm2rec-game")
 
+# DLLM2Rec's own defaults (main.py:30-39): DRO alpha 1.0, embedding injection 0.2, ranking distillation 0.8
+DISTILLATION = (("lam", 0.8), ("ed_weight", 0.2), ("alpha", 1.0))
+
+
+def distill_pair(ds: DatasetSpec, teacher: str, models: tuple[str, ...] | None = None,
+                 seeds: tuple[int, ...] | None = None) -> tuple[DatasetSpec, DatasetSpec]:
+    """(undistilled, distilled) twins of a slice: same rows, same seeds; the second reads the teacher."""
+    plain = dataclasses.replace(ds, models=models, seeds=seeds)
+    kd = dataclasses.replace(plain, teacher=teacher, student_args=DISTILLATION, variant="kd",
+                             label=ds.label + ", distilled from the iLoRA teacher")
+    return plain, kd
+
+
 # make baseline-quick: small slices, proves the pipeline (data -> both sides -> stats -> report) in CI.
 QUICK = Plan(
     name="quick",
     datasets=(DatasetSpec("lastfm", "LastFM slice", "ilora-lastfm", train_rows=768, eval_rows=64),
+              *distill_pair(DatasetSpec("lastfm", "LastFM teacher slice", "ilora-lastfm", train_rows=256,
+                                        eval_rows=64, min_history=1), "tiny", models=("SASRec",), seeds=(1,)),
               DatasetSpec("movielens", "ml-100k slice", "ml-100k", train_rows=768, eval_rows=64,
                           models=("GRU",), seeds=(1,)),
               GAME),
@@ -132,4 +156,15 @@ FULL = Plan(
            "`python -m reimpl.baselines run --plan full --epochs N` runs a longer cap (new run ids, cached beside "
            "these)",))
 
-PLANS = {"quick": QUICK, "full": FULL}
+# make baseline-distill (issue 7 parts 2-3): the real SmolLM2 iLoRA teacher, trained on 320 rows, exports
+# rankings for a 512-row student slice (rows with >= 1 history item: the teacher cannot place an empty
+# history, see reimpl.baselines.teacher); students with and without distillation on that slice.
+DISTILL = Plan(
+    name="distill",
+    datasets=distill_pair(DatasetSpec("lastfm", "LastFM 512-row train slice", "ilora-lastfm", train_rows=512,
+                                      min_history=1), "smollm2-fixed"),
+    seeds=(1, 2, 3), epochs=20,
+    notes=("512 train rows: the teacher export (1 + 4 expert passes over 20 candidates per row) costs seconds per "
+           "row on this CPU; 20 epochs of 2 batches each; val/test: all 122 rows",))
+
+PLANS = {"quick": QUICK, "full": FULL, "distill": DISTILL}

@@ -10,7 +10,8 @@ DLLM2Rec layout (what ``main.py:295-299, 319`` reads relative to its working dir
   ``train_data.df`` unconditionally). ``prepare`` returns its facts only.
 
 A slice (``train_rows``/``eval_rows``) takes a seeded random subset of rows (``default_rng(slice_seed)``,
-kept in file order) and re-indexes it 0..N-1. Every prepared directory gets a ``manifest.json`` with the
+kept in file order; train rows only among those with ``>= min_history`` history items) and re-indexes it
+0..N-1; ``train_rows.txt`` lists the original index of each train row (the order a teacher export follows). Every prepared directory gets a ``manifest.json`` with the
 sha256 of its source files and of the files written (the "data version" the report quotes).
 """
 
@@ -50,11 +51,22 @@ def source_files(spec: DatasetSpec, shared: Path = SHARED) -> list[Path]:
     return [g / "data_statis.df", g / "val_data.csv", g / "test_data.csv"]
 
 
-def _slice(split, n: int | None, rng: np.random.Generator):
-    if n is None or n >= split.n:
-        return split
-    rows = np.sort(rng.choice(split.n, n, replace=False))
-    return split.select(rows)
+def slice_rows(split, n: int | None, rng: np.random.Generator, min_history: int = 0) -> np.ndarray | None:
+    """Sorted original row indices of a seeded slice (None: all rows). ``min_history``: draw only among rows
+    with at least that many non-padding history items."""
+    pool = np.arange(split.n)
+    if min_history > 0:
+        pool = pool[(split.seqs != split.padding_id).sum(1) >= min_history]
+    if (n is None or n >= len(pool)) and len(pool) == split.n:
+        return None
+    if n is None or n >= len(pool):
+        return pool
+    return np.sort(rng.choice(pool, n, replace=False))
+
+
+def _slice(split, n: int | None, rng: np.random.Generator, min_history: int = 0):
+    rows = slice_rows(split, n, rng, min_history)
+    return (split, None) if rows is None else (split.select(rows), rows)
 
 
 def _facts(ds) -> dict:
@@ -103,26 +115,34 @@ def prepare(spec: DatasetSpec, root: Path, shared: Path = SHARED) -> dict:
                                      users_from=shared / "data" / "ilora" / "movielens")
     full_facts = _facts(ds)
     rng = np.random.default_rng(spec.slice_seed)
-    splits = {"train": _slice(ds["train"], spec.train_rows, rng),
-              "val": _slice(ds["val"], spec.eval_rows, rng),
-              "test": _slice(ds["test"], spec.eval_rows, rng)}
+    train, train_rows = _slice(ds["train"], spec.train_rows, rng, spec.min_history)
+    splits = {"train": train, "val": _slice(ds["val"], spec.eval_rows, rng)[0],
+              "test": _slice(ds["test"], spec.eval_rows, rng)[0]}
     sliced = SeqDataset(name=spec.name, item_num=ds.item_num, padding_id=ds.padding_id, seq_len=ds.seq_len,
                         splits=splits, titles=None)
     write_dllm2rec(sliced, out_dir)
     _rmtree(tmp)
-    if spec.tocf_dir is not None:  # teacher hook (issue 7 parts 2-3): main.py:327 reads ./tocf/<name>/
+    rows_file = work / "train_rows.txt"   # original train-row index of every slice row (teacher export order)
+    np.savetxt(rows_file, train_rows if train_rows is not None else np.arange(ds["train"].n), fmt="%d")
+    if spec.tocf_dir is not None:  # teacher files (issue 7 parts 2-3): main.py:327 reads ./tocf/<name>/
         src = Path(spec.tocf_dir).resolve()
         if not src.is_dir():
             raise FileNotFoundError(f"baseline data {spec.name!r}: tocf_dir {src} is not a folder")
-        if spec.train_rows is not None:
-            raise ValueError(f"baseline data {spec.name!r}: teacher files are indexed by train row; "
-                             "a train slice would misalign them")
+        # main.py:434 picks teacher rows by the train frame's index: the export must cover exactly these rows
+        exported = src / "rows.txt"
+        if not exported.is_file():
+            raise FileNotFoundError(f"baseline data {spec.name!r}: {exported} missing (which train rows the "
+                                    "teacher export covers)")
+        if not np.array_equal(np.loadtxt(exported, dtype=np.int64, ndmin=1),
+                              np.loadtxt(rows_file, dtype=np.int64, ndmin=1)):
+            raise ValueError(f"baseline data {spec.name!r}: {exported} lists other train rows than the slice "
+                             f"{rows_file}; teacher rows would be misaligned (main.py:434)")
         link = work / "tocf" / spec.name
         link.parent.mkdir(parents=True, exist_ok=True)
         if link.is_symlink() or link.exists():
             link.unlink()
         link.symlink_to(src, target_is_directory=True)
-    written = {str(p): sha256(p) for p in sorted(out_dir.iterdir())}
+    written = {str(p): sha256(p) for p in [*sorted(out_dir.iterdir()), rows_file]}
     man = {"spec": asdict(spec), "workdir": str(work), "facts": _facts(sliced), "full_facts": full_facts,
            "sources": sources, "written": written, "trainable": True}
     man_path.write_text(json.dumps(man, indent=1))

@@ -126,6 +126,107 @@ def _bars(rows: dict, ds: str, models: list[str], path: Path, chance: dict | Non
     plt.close(fig)
 
 
+# issue 7: published LastFM HR@1 (papers' Llama-2-7B backbone, full training); not re-run here
+PUBLISHED_HR1 = (("SASRec (published in LLaRA / iLoRA)", 0.2233), ("LLaRA, Llama-2-7B (published)", 0.4508))
+
+
+def _teacher_fig(tr: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    loss = np.asarray(tr["losses"], dtype=float)
+    fig, ax = plt.subplots(1, 2, figsize=(9, 3.2))
+    ax[0].plot(np.arange(1, len(loss) + 1), loss, ".-", lw=1, ms=4, label="micro-batch loss")
+    if len(loss) >= 4:
+        k = 4
+        ax[0].plot(np.arange(k, len(loss) + 1), np.convolve(loss, np.ones(k) / k, "valid"), lw=2,
+                   label=f"moving mean ({k})")
+    ax[0].set_xlabel("micro-batch")
+    ax[0].set_ylabel("LM loss (answer tokens)")
+    ax[0].grid(alpha=0.3)
+    ax[0].legend(fontsize=7)
+    ax[1].plot(np.arange(1, len(tr["lrs"]) + 1), tr["lrs"], ".-", lw=1, ms=4)
+    ax[1].set_xlabel("micro-batch")
+    ax[1].set_ylabel("learning rate")
+    ax[1].grid(alpha=0.3)
+    fig.suptitle("iLoRA teacher (reimpl, SmolLM2-135M-Instruct) training on LastFM", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def teacher_context(plan: Plan, root: Path, fig_dir: Path | None, fig_rel: str) -> list[dict]:
+    """Summaries of the plan's teachers (``<root>/teacher/<name>/teacher.json``), with a loss-curve figure."""
+    from reimpl.baselines.runner import teacher_dir
+    from reimpl.baselines.teacher import TEACHERS
+
+    out = []
+    for name in sorted({ds.teacher for ds in plan.datasets if ds.teacher}):
+        d = teacher_dir(root, name)
+        summ = json.loads((d / "teacher.json").read_text()) if (d / "teacher.json").is_file() else {}
+        tr = json.loads((d / "train.json").read_text()) if (d / "train.json").is_file() else None
+        evals = {}
+        for split in TEACHERS[name].eval_splits:
+            f = d / f"eval_{split}.json"
+            if f.is_file():
+                e = json.loads(f.read_text())
+                e.pop("generations", None)
+                evals[split] = e
+        entry = {"name": name, "spec": TEACHERS[name], "done": bool(summ.get("done")), "summary": summ,
+                 "train": tr, "eval": evals, "published": PUBLISHED_HR1, "dir": _rel(d), "figure": None}
+        if tr and tr.get("losses"):
+            l = tr["losses"]
+            entry["loss_first"], entry["loss_last4"] = l[0], float(np.mean(l[-4:]))
+            entry["loss_first4"] = float(np.mean(l[:4]))
+            if fig_dir is not None:
+                fig_dir.mkdir(parents=True, exist_ok=True)
+                _teacher_fig(tr, fig_dir / f"teacher_{name}.png")
+                entry["figure"] = f"{fig_rel}/teacher_{name}.png"
+        out.append(entry)
+    return out
+
+
+KD_METRICS = ("NDCG@20", "HR@20", "MRR")
+
+
+def kd_effect(plan: Plan, rows: dict) -> list[dict]:
+    """Distilled minus undistilled, per student / side / selection, TEST metrics: mean difference and
+    Holm-corrected Welch p over KD_METRICS (runs are independent; the same seeds on both arms)."""
+    out = []
+    for kd in plan.datasets:
+        if not kd.teacher:
+            continue
+        import dataclasses
+
+        plain_key = dataclasses.replace(kd, teacher=None, student_args=None, variant="").key
+        for model in (kd.models or plan.models):
+            for side in plan.sides:
+                for sel in ("test", "val"):
+                    a, b = rows.get((kd.key, model, side, sel)), rows.get((plain_key, model, side, sel))
+                    if a is None or b is None or not a.seeds or not b.seeds:
+                        continue
+                    ps = [stats.welch(a.arr("test", m), b.arr("test", m)) for m in KD_METRICS]
+                    adj = stats.holm(ps)
+                    cells, sig = [], []
+                    for m, p, q in zip(KD_METRICS, ps, adj):
+                        dlt = a.mean("test", m) - b.mean("test", m)
+                        cells.append(f"{b.mean('test', m):.4f} → {a.mean('test', m):.4f} ({dlt:+.4f}; "
+                                     + ("p n/a" if math.isnan(q) else f"p_adj {q:.2f}") + ")")
+                        if not math.isnan(q) and q < stats.ALPHA:
+                            sig.append(("better" if dlt > 0 else "worse") + f" on {m}")
+                    if sig:
+                        verdict = "distilled " + ", ".join(sig)
+                    elif all(math.isnan(q) for q in adj):
+                        verdict = "untestable (needs >= 2 seeds per arm and values that vary)"
+                    else:
+                        verdict = "no significant difference"
+                    out.append({"data": kd.key, "plain": plain_key, "model": model, "side": side, "sel": sel,
+                                "n": (len(b.seeds), len(a.seeds)), "cells": cells, "verdict": verdict})
+    return out
+
+
 def build_context(plan: Plan, root: Path, fig_dir: Path | None = None, fig_rel: str = "figures") -> dict:
     root = Path(root)
     results = load_results(root)
@@ -206,7 +307,7 @@ def build_context(plan: Plan, root: Path, fig_dir: Path | None = None, fig_rel: 
         if not entry.get("table"):
             continue
         ver = defaultdict(int)
-        ident, ident_total = set(), set()
+        ident, ident_total, metrics_ident = set(), set(), set()
         for t in entry["table"]:
             if t["agree"]:
                 ver[(t["side"], t["agree"]["verdict"])] += 1
@@ -215,8 +316,10 @@ def build_context(plan: Plan, root: Path, fig_dir: Path | None = None, fig_rel: 
                     ident_total.add((t["model"], t["side"]))
                     if idn["identical"]:
                         ident.add((t["model"], t["side"]))
-        summary.append({"key": entry["key"], "verdicts": dict(ver),
-                        "identical": sorted(ident), "compared": sorted(ident_total)})
+                    elif idn.get("metrics_identical"):
+                        metrics_ident.add((t["model"], t["side"]))
+        summary.append({"key": entry["key"], "verdicts": dict(ver), "identical": sorted(ident),
+                        "metrics_identical": sorted(metrics_ident), "compared": sorted(ident_total)})
     run_rows = []
     res_by_id = {r["run_id"]: r for r in results}
     for spec in runs:
@@ -234,6 +337,8 @@ def build_context(plan: Plan, root: Path, fig_dir: Path | None = None, fig_rel: 
         c = r.get("code")
         code_versions[f"{c['git_head'][:10]} / code {c['code_sha256'][:12]}" if c else "not recorded"] += 1
     return {"plan": plan, "root": root, "datasets": datasets, "summary": summary, "total_wall": total_wall,
+            "teachers": teacher_context(plan, root, fig_dir, fig_rel), "kd_effect": kd_effect(plan, rows),
+            "kd_metrics": KD_METRICS,
             "code_versions": dict(code_versions), "runs": run_rows, "n_done": n_done,
             "n_total": len(runs), "versions": versions, "status": status, "metrics": stats.METRICS,
             "sel_label": SEL_LABEL, "side_label": SIDE_LABEL, "alpha": stats.ALPHA,
@@ -249,18 +354,27 @@ def _rel(p: Path) -> str:
         return str(p)
 
 
-def render(plan: Plan, root: Path, report_dir: Path) -> Path:
+def render(plan: Plan, root: Path, report_dir: Path, extra: tuple[tuple[Plan, Path], ...] = ()) -> Path:
+    """Render ``plan`` (and then each ``(plan, root)`` of ``extra``, e.g. the distillation plan after the
+    full one) into ``<report_dir>/baselines.md``."""
+    report_dir = Path(report_dir)
+    parts = [_render_one(plan, root, report_dir)]
+    for p, r in extra:
+        if Path(r).is_dir():
+            parts.append(_render_one(p, r, report_dir))
+    out = report_dir / "baselines.md"
+    report_dir.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n\n---\n\n".join(parts))
+    return out
+
+
+def _render_one(plan: Plan, root: Path, report_dir: Path) -> str:
     import jinja2
 
-    report_dir = Path(report_dir)
     ctx = build_context(plan, root, report_dir / "figures")
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"),
                              undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
     env.filters["short"] = lambda s, n=12: (s or "")[:n]
     env.filters["f"] = lambda x, spec=".1f": ("n/a" if x is None or (isinstance(x, float) and math.isnan(x))
                                              else format(x, spec))
-    text = env.get_template("baselines.md.j2").render(**ctx)
-    report_dir.mkdir(parents=True, exist_ok=True)
-    out = report_dir / "baselines.md"
-    out.write_text(text)
-    return out
+    return env.get_template("baselines.md.j2").render(**ctx)

@@ -262,11 +262,19 @@ def run_plan(plan: Plan, root: Path, *, only: str | None = None, progress: bool 
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     manifests = {}
+    teacher_skipped = {}
     for ds in plan.datasets:
+        if ds.teacher is not None:
+            why = prepare_teacher(plan, ds, root, manifests, progress=progress, log=log)
+            if why:
+                teacher_skipped[ds.key] = why
+                log(f"note: {ds.key}: {why}; its runs are skipped")
+            continue
         manifests[ds.key] = prepare(ds, root)
     (root / "manifests.json").write_text(json.dumps(manifests, indent=1))
     ref_missing = reference_available()
-    runs = [r for r in plan.runs() if only is None or re.search(only, r.run_id)]
+    runs = [r for r in plan.runs() if (only is None or re.search(only, r.run_id))
+            and r.dataset.key not in teacher_skipped]
     todo = [r for r in runs if not result_path(root, r).is_file()]
     if todo or not (root / "versions.json").is_file():  # library versions of the runs, not of a re-render
         (root / "versions.json").write_text(json.dumps(versions(), indent=1))
@@ -310,9 +318,38 @@ def run_plan(plan: Plan, root: Path, *, only: str | None = None, progress: bool 
                 done(spec, fut.result())
     outer.close()
     status = {"plan": plan.name, "total": len(runs), "failed": failed, "skipped_reference": skipped,
+              "skipped_teacher": teacher_skipped,
               "reference_missing": ref_missing, "updated": time.strftime("%Y-%m-%dT%H:%M:%S")}
     (root / "status.json").write_text(json.dumps(status, indent=1))
     return status
+
+
+def teacher_dir(root: Path, name: str) -> Path:
+    return Path(root) / "teacher" / name
+
+
+def prepare_teacher(plan: Plan, ds, root: Path, manifests: dict, progress: bool = True, log=print) -> str | None:
+    """Prepare the undistilled twin of ``ds`` (its ``train_rows.txt`` fixes the rows), run / resume the
+    teacher (reimpl.baselines.teacher) for those rows, then prepare ``ds`` with the teacher's ``tocf``.
+    Returns None, or why the teacher could not run (its runs are then skipped)."""
+    import dataclasses
+
+    from reimpl.baselines.teacher import TEACHERS, run_teacher
+
+    base = dataclasses.replace(ds, teacher=None, student_args=None, variant="", tocf_dir=None)
+    twin = next((d for d in plan.datasets if d.key == base.key), base)
+    man = manifests.get(twin.key) or prepare(twin, root)
+    manifests[twin.key] = man
+    rows = np.loadtxt(Path(man["workdir"]) / "train_rows.txt", dtype=np.int64, ndmin=1)
+    if ds.teacher not in TEACHERS:
+        raise ValueError(f"dataset {ds.key}: unknown teacher {ds.teacher!r} (have {sorted(TEACHERS)})")
+    prompt = ROOT / "ref_repositories" / "iLoRA" / "prompt" / "artist.txt"
+    if not prompt.is_file():
+        return f"teacher {ds.teacher} needs the iLoRA prompt file {prompt} (`make refs`)"
+    tocf = run_teacher(TEACHERS[ds.teacher], rows.tolist(), teacher_dir(root, ds.teacher), data_name=ds.name,
+                       progress=progress, log=log)
+    manifests[ds.key] = prepare(dataclasses.replace(ds, tocf_dir=str(tocf)), root)
+    return None
 
 
 def load_results(root: Path) -> list[dict]:
