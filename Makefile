@@ -4,7 +4,7 @@ PY    := .venv/bin/python
 STAMP := .venv/.recparity-stamp
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: setup refs refs-optional test parity golden bench baseline baseline-quick extensions clean-refs
+.PHONY: setup refs refs-optional test parity golden bench baseline baseline-quick extensions teacher-curve clean-refs
 
 setup: $(STAMP)
 
@@ -47,6 +47,7 @@ extensions: setup
 # distillation on that slice, both sides. Results and teacher phases are cached under runs/ and resume.
 baseline: setup refs
 	$(PY) -m reimpl.baselines run --plan full --no-report
+	$(PY) -m reimpl.baselines run --plan long --no-report
 	$(PY) -m reimpl.baselines run --plan distill --no-report
 	$(PY) -m reimpl.baselines report --plan full
 
@@ -54,6 +55,11 @@ baseline: setup refs
 # also run by the test suite.
 baseline-quick: setup refs-optional
 	$(PY) -m reimpl.baselines run --plan quick
+
+# Multi-step teacher loss curve, reference MInterface (Lightning) vs reimpl train(), real SmolLM2
+# -> reports/teacher_curve.md (~4-8 min on 2 cores)
+teacher-curve: setup refs
+	$(PY) -m parity.teacher_curve --llm smollm2 --variants dtype=float64-strict dtype=float64 accumulate=2,steps=4
 
 clean-refs:
 	rm -rf ref_repositories/iLoRA ref_repositories/DLLM2Rec

@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
 
         extra = ()
         if plan.name == "full" and not a.root:   # reports/baselines.md also holds the distillation plan
-            extra = ((PLANS["distill"], ROOT / "runs" / "baselines" / "distill"),)
+            extra = tuple((PLANS[n], ROOT / "runs" / "baselines" / n) for n in ("long", "distill"))
         path = render(plan, root, report_dir, extra)
         print(f"wrote {path}")
     return 1 if status and status["failed"] else 0
