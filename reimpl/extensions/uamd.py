@@ -174,28 +174,36 @@ def forced_gate(teacher, expert: int | None, record: list | None = None) -> Iter
 
 
 @torch.no_grad()
-def expert_candidate_scores(teacher, batch: dict, cans_titles: Sequence[Sequence[str]], prompts: Sequence[str]
-                            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def expert_candidate_scores(teacher, batch: dict, cans_titles: Sequence[Sequence[str]], prompts: Sequence[str],
+                            cached: bool | str = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(gated scores ``[B, C]``, per-expert scores ``[B, E, C]``, gate ``[B, E]``) for one batch
-    (``1 + E`` calls of :meth:`ILoRATeacher.score_candidates`)."""
+    (``1 + E`` calls of :meth:`ILoRATeacher.score_candidates`; ``cached`` is passed on: the cached
+    path runs each row's prompt once per gate, the uncached one all ``B * C`` pairs per gate)."""
     rec: list = []
     with forced_gate(teacher, None, rec):
-        mixed = teacher.score_candidates(batch, cans_titles, prompts)
+        mixed = teacher.score_candidates(batch, cans_titles, prompts, cached=cached)
     b, c = mixed.shape
-    gate = rec[-1].reshape(b * c, -1)[::c]                  # one row per sample (repeated per candidate)
+    gate = rec[-1].reshape(rec[-1].shape[0], -1)
+    if gate.shape[0] == b * c:                                # uncached: one gate row per (row, candidate) pair
+        gate = gate[::c]
+    if gate.shape[0] != b:
+        raise RuntimeError(f"expert_candidate_scores: recorded gate has {gate.shape[0]} rows, expected {b} or {b * c}")
     experts = []
     for k in range(gate.shape[1]):
         with forced_gate(teacher, k):
-            experts.append(teacher.score_candidates(batch, cans_titles, prompts))
+            experts.append(teacher.score_candidates(batch, cans_titles, prompts, cached=cached))
     return mixed, torch.stack(experts, 1), gate
 
 
 def export_teacher_with_uncertainty(teacher, data, prompts: Sequence[str], out_dir: str | Path, data_name: str,
                                     rows: Sequence[int], k: int = 10, cans_num: int = 20, batch_size: int = 4,
                                     seed: int = 0, kind: str = "variance", emb_source: str = "llm",
-                                    pad_dim: int | None = None, with_embeddings: bool = True) -> Path:
+                                    pad_dim: int | None = None, with_embeddings: bool = True,
+                                    cached: bool | str = True, embeddings: torch.Tensor | None = None) -> Path:
     """:func:`reimpl.ilora.train.export_teacher` (same candidates for the same ``seed``, same files)
-    plus ``uncertainty_train.txt``. ``data``: a :class:`reimpl.ilora.train.LastFMData`."""
+    plus ``uncertainty_train.txt``. ``data``: a :class:`reimpl.ilora.train.LastFMData`; ``cached``:
+    prefix-KV-cached scoring (:meth:`ILoRATeacher.score_candidates`); ``embeddings``: a precomputed
+    ``[item_num, d]`` all-items tensor to write instead of computing it (``with_embeddings`` ignored)."""
     from reimpl.ilora.export import ranking_from_scores, write_tocf
     from reimpl.ilora.train import collate
 
@@ -211,14 +219,15 @@ def export_teacher_with_uncertainty(teacher, data, prompts: Sequence[str], out_d
             py.shuffle(cands)
             samples.append(data.sample(i, py, cans=cands))
         batch = collate(samples, teacher.tokenizer, prompts, py, train=False, terminator=teacher.cfg.terminator)
-        mixed, experts, gate = expert_candidate_scores(teacher, batch, batch["cans_name"], batch["prompts"])
+        mixed, experts, gate = expert_candidate_scores(teacher, batch, batch["cans_name"], batch["prompts"],
+                                                       cached=cached)
         r, c = ranking_from_scores(mixed, batch["cans"], k)
         ranks.append(r)
         confs.append(c)
         us.append(expert_disagreement(experts, gate, kind).numpy())
     item_num = data.cfg.padding_item_id
-    emb = None
-    if with_embeddings:
+    emb = embeddings
+    if emb is None and with_embeddings:
         ids = torch.arange(item_num)
         with torch.no_grad():
             emb = teacher.item_embeddings(titles=[data.id2name.get(int(i), "") for i in ids], item_ids=ids,

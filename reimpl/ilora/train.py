@@ -21,6 +21,12 @@ Faithful quirks kept here (ids in :mod:`reimpl.ilora.deviations_teacher`):
   shuffled (as the reference's MovieLens/Steam datasets do).
 * ``ILORA-CURRICULUM-RESET``: see :func:`curriculum_prob`.
 
+CLI (:func:`main`): train (``--max_epochs``, ``--resume``; ``--init_ckpt`` loads a trained teacher),
+evaluate HR@1 / ValidRatio on ``--eval_splits`` (first ``--eval_rows`` rows of each, or ``all``), export
+``tocf/`` for the first ``--export_rows`` rows of the ``len_seq >= 3`` frame or the rows listed in
+``--export_rows_file`` (unfiltered ``train_data.df`` indices), with ``--uncertainty`` (UAMD) and an
+``--emb_cache``; prints (and ``--out`` writes) a JSON report with per-phase wall clock (``timings``).
+
 Randomness: one ``random.Random(seed)`` (negatives, prompt choice, curriculum draws) and one torch
 ``Generator`` (shuffling) instead of the reference's global RNGs and worker processes.
 """
@@ -315,16 +321,20 @@ def eval_batches(data: LastFMData, tokenizer, prompts, rows: Sequence[int], batc
 
 def export_teacher(teacher, data: LastFMData, prompts: Sequence[str], out_dir: str | Path, data_name: str,
                    rows: Sequence[int], k: int = 10, cans_num: int = 20, batch_size: int = 4, seed: int = 0,
-                   emb_source: str = "llm", pad_dim: int | None = None) -> Path:
+                   emb_source: str = "llm", pad_dim: int | None = None, cached: bool | str = True,
+                   embeddings: torch.Tensor | None = None, timings: dict | None = None) -> Path:
     """Write ``tocf/<data_name>/`` for train rows ``rows`` (in order; DLLM2Rec needs all N rows of its
     train frame, in frame order). Candidates per row: the target + ``cans_num - 1`` random negatives
     (the teacher must see the answer among what it ranks); scores = candidate log-likelihoods, see
-    :mod:`reimpl.ilora.teacher`. Embeddings for all ``item_num`` items (``emb_source``)."""
+    :mod:`reimpl.ilora.teacher` (``cached``: prefix-KV-cached scoring, same numbers). Embeddings for all
+    ``item_num`` items (``emb_source``), or ``embeddings`` ``[item_num, d]`` when given. ``timings``
+    receives ``export_scoring_s`` and ``embeddings_s`` (wall clock)."""
     from reimpl.ilora.export import ranking_from_scores, write_tocf
 
     py = random.Random(seed)
     teacher.eval()
     ranks, confs = [], []
+    t0 = time.perf_counter()
     for s in range(0, len(rows), batch_size):
         samples = []
         for i in rows[s:s + batch_size]:
@@ -335,17 +345,115 @@ def export_teacher(teacher, data: LastFMData, prompts: Sequence[str], out_dir: s
             py.shuffle(cands)
             samples.append(data.sample(i, py, cans=cands))
         batch = collate(samples, teacher.tokenizer, prompts, py, train=False, terminator=teacher.cfg.terminator)
-        scores = teacher.score_candidates(batch, batch["cans_name"], batch["prompts"])
+        scores = teacher.score_candidates(batch, batch["cans_name"], batch["prompts"], cached=cached)
         r, c = ranking_from_scores(scores, batch["cans"], k)
         ranks.append(r)
         confs.append(c)
+    t1 = time.perf_counter()
+    emb = embeddings if embeddings is not None else all_item_embeddings(teacher, data, emb_source)
+    if timings is not None:
+        timings["export_scoring_s"] = t1 - t0
+        timings["embeddings_s"] = time.perf_counter() - t1
+    return write_tocf(out_dir, data_name, np.concatenate(ranks), np.concatenate(confs), emb, data.cfg.padding_item_id,
+                      pad_dim=pad_dim)
+
+
+def all_item_embeddings(teacher, data: LastFMData, emb_source: str = "llm") -> torch.Tensor:
+    """``[item_num, d]`` embeddings of every item id ``0 .. padding_item_id - 1`` (``ILoRATeacher.item_embeddings``)."""
     item_num = data.cfg.padding_item_id
     ids = torch.arange(item_num)
     titles = [data.id2name.get(int(i), "") for i in ids]
     with torch.no_grad():
-        emb = teacher.item_embeddings(titles=titles, item_ids=ids, source=emb_source)
-    return write_tocf(out_dir, data_name, np.concatenate(ranks), np.concatenate(confs), emb, item_num,
-                      pad_dim=pad_dim)
+        return teacher.item_embeddings(titles=titles, item_ids=ids, source=emb_source)
+
+
+def teacher_fingerprint(teacher, llm: str, emb_source: str, item_num: int) -> str:
+    """sha256 over what the all-items embeddings depend on beyond the frozen base LLM named ``llm``:
+    every trainable tensor of the teacher (LoRA, projector, router), the LLM config, the source."""
+    import hashlib
+
+    h = hashlib.sha256(json.dumps({"llm": llm, "source": emb_source, "item_num": item_num,
+                                   "config": teacher.hf_model.config.to_json_string(use_diff=False)},
+                                  sort_keys=True).encode())
+    for n, p in sorted(teacher.named_parameters()):
+        if p.requires_grad:
+            h.update(n.encode())
+            h.update(p.detach().contiguous().cpu().numpy().tobytes())
+    return h.hexdigest()
+
+
+def cached_item_embeddings(path: str | Path, teacher, data: LastFMData, emb_source: str, llm: str
+                           ) -> tuple[torch.Tensor, dict]:
+    """All-items embeddings from ``path`` when it exists, else computed and saved there.
+
+    ``path`` holds the plain tensor (``torch.save``, as ``reimpl.baselines`` ``item_embeddings.pt``);
+    ``<path>.json`` the :func:`teacher_fingerprint` it was computed with. A file whose shape is not
+    ``[item_num, d_llm]`` (both sources give the LLM width) or whose fingerprint differs from
+    this teacher's is refused; a file without ``.json`` is used after the shape check (``verified: false``).
+    """
+    path = Path(path)
+    meta_path = path.with_name(path.name + ".json")
+    item_num = data.cfg.padding_item_id
+    fp = teacher_fingerprint(teacher, llm, emb_source, item_num)
+    d = teacher.hf_model.config.hidden_size
+    if path.is_file():
+        emb = torch.load(path, map_location="cpu", weights_only=True)
+        if not isinstance(emb, torch.Tensor) or emb.dim() != 2 or tuple(emb.shape) != (item_num, d):
+            raise ValueError(f"{path}: --emb_cache must hold a [item_num={item_num}, d={d}] tensor, got "
+                             f"{tuple(emb.shape) if isinstance(emb, torch.Tensor) else type(emb).__name__}")
+        verified = False
+        if meta_path.is_file():
+            meta = json.loads(meta_path.read_text())
+            if meta.get("fingerprint") != fp:
+                raise ValueError(f"{meta_path}: fingerprint {meta.get('fingerprint', '')[:12]}... differs from this "
+                                 f"teacher's {fp[:12]}... (other weights, LLM or emb_source {meta.get('source')!r}); "
+                                 "delete the cache or pass another --emb_cache path")
+            verified = True
+        return emb, {"path": str(path), "hit": True, "verified": verified}
+    emb = all_item_embeddings(teacher, data, emb_source).contiguous()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(emb, tmp)
+    tmp.replace(path)
+    meta_path.write_text(json.dumps({"fingerprint": fp, "source": emb_source, "llm": llm,
+                                     "shape": list(emb.shape)}, indent=2))
+    return emb, {"path": str(path), "hit": False, "verified": True}
+
+
+def read_rows_file(path: str | Path, n_rows: int) -> list[int]:
+    """Row indices (one integer per line; blank lines skipped) into a frame of ``n_rows`` rows, in order."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"--export_rows_file {path}: not found")
+    rows: list[int] = []
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            r = int(line.strip())
+        except ValueError:
+            raise ValueError(f"{path}:{n}: expected one train-row index (integer) per line, got {line!r}") from None
+        if not 0 <= r < n_rows:
+            raise ValueError(f"{path}:{n}: row {r} outside the train frame [0, {n_rows})")
+        rows.append(r)
+    if len(rows) < 2:
+        raise ValueError(f"{path}: needs at least 2 rows (the tocf files of one row squeeze to 1-D), got {len(rows)}")
+    if len(set(rows)) != len(rows):
+        raise ValueError(f"{path}: duplicate row indices")
+    return rows
+
+
+def parse_eval_rows(value: str) -> int | None:
+    """``--eval_rows``: ``N`` (first N rows of each split; 0 = off) or ``all`` (-> None)."""
+    if value.strip().lower() == "all":
+        return None
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--eval_rows: expected an integer >= 0 or 'all', got {value!r}") from None
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"--eval_rows: expected an integer >= 0 or 'all', got {n}")
+    return n
 
 
 # ------------------------------------------------------------------------------------------------ CLI
@@ -399,22 +507,67 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--limit_train_batches", type=int, default=None, help="micro-batches per epoch cap")
     ap.add_argument("--ckpt_dir", default=None)
     ap.add_argument("--resume", default=None, help="checkpoint to resume from (ckpt_dir/last.ckpt)")
-    ap.add_argument("--eval_rows", type=int, default=0, help="evaluate HR@1/ValidRatio on the first N val rows")
+    ap.add_argument("--init_ckpt", default=None,
+                    help="load the trainable tensors of this checkpoint (train.py save_checkpoint) before anything "
+                         "else; with --max_epochs 0 this evaluates / exports a trained teacher")
+    ap.add_argument("--eval_splits", default="val",
+                    help="comma-separated splits to evaluate (val, test, train) or 'all' (= val,test)")
+    ap.add_argument("--eval_rows", type=parse_eval_rows, default=0,
+                    help="evaluate HR@1/ValidRatio on the first N rows of each --eval_splits split; 0 = off, "
+                         "'all' = every row")
     ap.add_argument("--max_new_tokens", type=int, default=64)
-    ap.add_argument("--export_dir", default=None, help="write tocf/<export_name>/ for the first --export_rows rows")
+    ap.add_argument("--export_dir", default=None,
+                    help="write tocf/<export_name>/ for the first --export_rows rows (or --export_rows_file)")
     ap.add_argument("--export_name", default="lastfm")
-    ap.add_argument("--export_rows", type=int, default=0)
+    ap.add_argument("--export_rows", type=int, default=0,
+                    help="export the first N rows of the (len_seq >= 3) train frame")
+    ap.add_argument("--export_rows_file", default=None,
+                    help="text file, one row index per line into the *unfiltered* train frame (train_data.df row "
+                         "order = DLLM2Rec's), exported in that order (instead of --export_rows); also written to "
+                         "tocf/<export_name>/rows.txt")
+    ap.add_argument("--export_batch", type=int, default=4, help="prompt rows per scoring batch")
+    ap.add_argument("--export_seed", type=int, default=0, help="seed of the export's candidate draw")
+    ap.add_argument("--scoring", default="cached", choices=["cached", "uncached"],
+                    help="candidate scoring: prefix-KV-cached (default) or one forward per (prompt, candidate) pair "
+                         "(the definition; same numbers up to float rounding, ~C times slower)")
+    ap.add_argument("--uncertainty", default="none", choices=["none", "variance", "jsd"],
+                    help="also write uncertainty_train.txt (reimpl.extensions.uamd; 1 + num_moe scorings per row)")
+    ap.add_argument("--emb_source", default="llm", choices=["llm", "projector"])
+    ap.add_argument("--emb_cache", default=None,
+                    help="all-items embedding tensor: loaded when the file exists (fingerprint-checked via "
+                         "PATH.json), else computed and saved there")
     ap.add_argument("--topk", type=int, default=10)
     ap.add_argument("--pad_dim", type=int, default=None, help="zero-pad all_embeddings to this width (4096)")
+    ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads(N)")
+    ap.add_argument("--out", default=None, help="also write the JSON report to this file")
     ap.add_argument("--no_progress", action="store_true")
     a = ap.parse_args(argv)
+    splits = ["val", "test"] if a.eval_splits.strip().lower() == "all" else [
+        x.strip() for x in a.eval_splits.split(",") if x.strip()]
+    bad = [x for x in splits if x not in LastFMData.FILES]
+    if bad or not splits:
+        ap.error(f"--eval_splits: expected a comma-separated subset of {list(LastFMData.FILES)} or 'all', "
+                 f"got {a.eval_splits!r}")
+    if a.export_rows_file and a.export_rows:
+        ap.error("--export_rows and --export_rows_file are alternatives; give one")
+    if a.threads is not None:
+        if a.threads < 1:
+            ap.error(f"--threads: expected >= 1, got {a.threads}")
+        torch.set_num_threads(a.threads)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    t_all = time.perf_counter()
+    timings: dict = {}
     torch.manual_seed(a.seed)
+    t = time.perf_counter()
     teacher = build_from_args(a)
+    if a.init_ckpt:
+        load_checkpoint(a.init_ckpt, teacher)
+    timings["load_s"] = time.perf_counter() - t
     prompts = load_prompts(a.prompt_path)
     dcfg = DataConfig(data_dir=a.data_dir, cans_num=a.cans_num, mode=a.mode)
-    report: dict = {}
+    report: dict = {"threads": torch.get_num_threads()}
     if a.max_epochs > 0:
+        t = time.perf_counter()
         ocfg = OptimConfig(lr=a.lr, weight_decay=a.weight_decay, lr_decay_min_lr=a.lr_decay_min_lr,
                            lr_warmup_start_lr=a.lr_warmup_start_lr, mode=a.mode)
         tcfg = TrainConfig(batch_size=a.batch_size, accumulate_grad_batches=a.accumulate_grad_batches,
@@ -426,18 +579,63 @@ def main(argv: list[str] | None = None) -> int:
                            "first_loss": r.losses[0] if r.losses else None,
                            "last_loss": r.losses[-1] if r.losses else None, "seconds": round(r.seconds, 2),
                            "checkpoint": r.checkpoint}
-    if a.eval_rows > 0:
-        val = LastFMData(dcfg, "val")
+        timings["train_s"] = time.perf_counter() - t
+    if a.eval_rows is None or a.eval_rows > 0:
         teacher.eval()
-        res, _ = teacher.evaluate(eval_batches(val, teacher.tokenizer, prompts, list(range(min(a.eval_rows, len(val)))),
-                                               a.batch_size, a.seed, a.mode), max_new_tokens=a.max_new_tokens)
-        report["val"] = {"hr1": res.hr1, "valid_ratio": res.valid_ratio, "metric": res.metric, "rows": res.n_rows}
-    if a.export_dir and a.export_rows > 0:
-        tr = LastFMData(dcfg, "train")
-        folder = export_teacher(teacher, tr, prompts, a.export_dir, a.export_name, list(range(a.export_rows)),
-                                k=a.topk, cans_num=a.cans_num, pad_dim=a.pad_dim)
+        for split in splits:
+            t = time.perf_counter()
+            d = LastFMData(dcfg, split)
+            n = len(d) if a.eval_rows is None else min(a.eval_rows, len(d))
+            res, _ = teacher.evaluate(eval_batches(d, teacher.tokenizer, prompts, list(range(n)), a.batch_size,
+                                                   a.seed, a.mode), max_new_tokens=a.max_new_tokens)
+            timings[f"eval_{split}_s"] = time.perf_counter() - t
+            report[split] = {"hr1": res.hr1, "valid_ratio": res.valid_ratio, "metric": res.metric,
+                             "rows": res.n_rows, "seconds": timings[f"eval_{split}_s"]}
+    if a.export_dir and (a.export_rows > 0 or a.export_rows_file):
+        if a.export_rows_file:   # unfiltered frame: row r = train_data.df row r (DLLM2Rec's train rows)
+            tr = LastFMData(DataConfig(data_dir=a.data_dir, cans_num=a.cans_num, mode=a.mode, min_len_seq=1), "train")
+            rows = read_rows_file(a.export_rows_file, len(tr))
+        else:
+            tr = LastFMData(dcfg, "train")
+            rows = list(range(a.export_rows))
+        emb = None
+        if a.emb_cache:
+            t = time.perf_counter()
+            emb, report["emb_cache"] = cached_item_embeddings(a.emb_cache, teacher, tr, a.emb_source,
+                                                              llm=f"{a.llm}|{a.rec_model_path}")
+            timings["embeddings_s"] = time.perf_counter() - t
+        ex_t: dict = {}
+        kw = dict(k=a.topk, cans_num=a.cans_num, batch_size=a.export_batch, seed=a.export_seed,
+                  emb_source=a.emb_source, pad_dim=a.pad_dim, cached=a.scoring == "cached")
+        if a.uncertainty == "none":
+            folder = export_teacher(teacher, tr, prompts, a.export_dir, a.export_name, rows, embeddings=emb,
+                                    timings=ex_t, **kw)
+        else:
+            from reimpl.extensions.uamd import export_teacher_with_uncertainty
+
+            t = time.perf_counter()
+            if emb is None:
+                emb = all_item_embeddings(teacher, tr, a.emb_source)
+                ex_t["embeddings_s"] = time.perf_counter() - t
+            t = time.perf_counter()
+            folder = export_teacher_with_uncertainty(teacher, tr, prompts, a.export_dir, a.export_name, rows,
+                                                     kind=a.uncertainty, embeddings=emb, **kw)
+            ex_t["export_scoring_s"] = time.perf_counter() - t   # incl. writing the files (small)
+        if emb is not None and a.emb_cache:
+            ex_t.pop("embeddings_s", None)   # timed above (cache load or computation)
+        timings.update(ex_t)
+        if a.export_rows_file:
+            (Path(folder) / "rows.txt").write_text("".join(f"{r}\n" for r in rows))
         report["export"] = str(folder)
-    print(json.dumps(report, indent=2))
+        report["export_stats"] = {"rows": len(rows), "scoring": a.scoring, "uncertainty": a.uncertainty,
+                                  "scoring_seconds_per_row": timings["export_scoring_s"] / len(rows)}
+    timings["total_s"] = time.perf_counter() - t_all
+    report["timings"] = {k: round(v, 3) for k, v in timings.items()}
+    text = json.dumps(report, indent=2)
+    print(text)
+    if a.out:
+        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(a.out).write_text(text + "\n")
     return 0
 
 
