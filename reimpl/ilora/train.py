@@ -232,30 +232,41 @@ class TrainResult:
 
 
 def train(teacher, data: LastFMData, prompts: Sequence[str], cfg: TrainConfig, ckpt_dir: str | Path | None = None,
-          resume: str | Path | None = None, progress: bool = True, stop_after_batches: int | None = None
-          ) -> TrainResult:
+          resume: str | Path | None = None, progress: bool = True, stop_after_batches: int | None = None,
+          accelerator=None) -> TrainResult:
     """Train the teacher (Lightning's loop as main.py configures it), checkpointing at each epoch end.
 
     ``stop_after_batches``: stop (and checkpoint) after this many micro-batches of this call -- used to
     test resuming; the run continues from there with ``resume=``.
+
+    ``accelerator``: an ``accelerate.Accelerator`` for data-parallel training when the script is started by
+    ``torchrun`` / ``accelerate launch`` (see :func:`make_accelerator`): the model is wrapped by
+    ``accelerator.prepare_model`` (DDP; gradients averaged over processes at every backward), each process
+    takes every ``world``-th row of the shared epoch permutation (as Lightning's DistributedSampler, so a
+    micro-batch holds ``batch_size`` rows per process), and only the main process writes checkpoints.
+    ``None`` (default): one process, exactly the single-device loop.
     """
     from tqdm.auto import tqdm
 
     check_mode(cfg.mode)
+    rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator is not None else (0, 1)
+    model = accelerator.prepare_model(teacher) if accelerator is not None and world > 1 else teacher
     n = len(data) if cfg.limit_rows is None else min(len(data), cfg.limit_rows)
-    per_epoch = n // cfg.batch_size                                 # drop_last=True
+    n_local = n // world                                            # rows per process and epoch
+    per_epoch = n_local // cfg.batch_size                           # drop_last=True
     if per_epoch == 0:
         raise ValueError(f"train: {n} rows < batch_size {cfg.batch_size}: no full batch (drop_last)")
     if cfg.limit_train_batches is not None:
         per_epoch = min(per_epoch, cfg.limit_train_batches)
-    total_steps = max_steps(n, cfg.max_epochs, cfg.accumulate_grad_batches, cfg.batch_size)
-    curriculum_max = cfg.max_epochs * (n // cfg.batch_size) // cfg.ref_num_workers
+    total_steps = max_steps(n_local, cfg.max_epochs, cfg.accumulate_grad_batches, cfg.batch_size)
+    curriculum_max = cfg.max_epochs * (n_local // cfg.batch_size) // cfg.ref_num_workers
     opt = build_optimizer(param_groups(teacher.projector.named_parameters(), teacher.router.named_parameters(),
                                        teacher.llama_model.named_parameters(), cfg.optim))
     sched = WarmupCosineSchedule.from_config(opt, cfg.optim, max(total_steps, 1)) if cfg.optim.lr_scheduler else None
-    py = random.Random(cfg.seed)
-    gen = torch.Generator().manual_seed(cfg.seed)
+    py = random.Random(cfg.seed + rank)         # per-process negatives / prompt draws (rank 0 = single process)
+    gen = torch.Generator().manual_seed(cfg.seed)   # the same permutation on every process, then sharded
     epoch0, b0, step = 0, 0, 0
+    main_proc = rank == 0
     if resume is not None:
         ck = load_checkpoint(resume, teacher, opt, sched)
         epoch0, b0, step = ck["epoch"], ck["batch_in_epoch"], ck["global_step"]
@@ -271,9 +282,9 @@ def train(teacher, data: LastFMData, prompts: Sequence[str], cfg: TrainConfig, c
         if epoch == epoch0 and b0 > 0:
             order = torch.as_tensor(ck["order"])
         else:
-            order = torch.randperm(n, generator=gen)[: per_epoch * cfg.batch_size]
+            order = torch.randperm(n, generator=gen)[: per_epoch * cfg.batch_size * world][rank::world]
         bar = tqdm(range(b0 if epoch == epoch0 else 0, per_epoch), desc=f"epoch {epoch}", disable=not progress,
-                   leave=False)
+                   leave=False) if main_proc else range(b0 if epoch == epoch0 else 0, per_epoch)
         for b in bar:
             if sched is not None:
                 lrs.append(sched.step(step, epoch, max(total_steps, 1)))
@@ -286,27 +297,42 @@ def train(teacher, data: LastFMData, prompts: Sequence[str], cfg: TrainConfig, c
             use_emb = not batch["flag"]
             emb_batches += int(use_emb)
             teacher.projector.requires_grad_(not batch["flag"])   # training_step l.137-142
-            out = teacher(batch)
+            out = model(batch)
             (out.loss / cfg.accumulate_grad_batches).backward()
-            losses.append(out.loss.item())
+            losses.append(accelerator.reduce(out.loss.detach(), "mean").item() if world > 1 else out.loss.item())
             last = b == per_epoch - 1
             if (b + 1) % cfg.accumulate_grad_batches == 0 or last:
                 opt.step()
                 opt.zero_grad(set_to_none=True)
                 step += 1
-            bar.set_postfix(loss=f"{losses[-1]:.4f}", step=step)
+            if main_proc:
+                bar.set_postfix(loss=f"{losses[-1]:.4f}", step=step)
             done += 1
             if stop_after_batches is not None and done >= stop_after_batches and not last:
-                if ckpt_dir is not None:
+                if ckpt_dir is not None and main_proc:
                     ckpt = save_checkpoint(Path(ckpt_dir) / "last.ckpt", teacher, opt, sched, epoch, b + 1, step,
                                            _rng_state(py, gen), cfg, order=order.tolist())
                 return TrainResult(step, losses, lrs, emb_batches, done, time.perf_counter() - t0,
                                    str(ckpt) if ckpt else None)
-        if ckpt_dir is not None:
+        if ckpt_dir is not None and main_proc:
             ckpt = save_checkpoint(Path(ckpt_dir) / "last.ckpt", teacher, opt, sched, epoch + 1, 0, step,
                                    _rng_state(py, gen), cfg)
+        if accelerator is not None:
+            accelerator.wait_for_everyone()
         b0 = 0
     return TrainResult(step, losses, lrs, emb_batches, done, time.perf_counter() - t0, str(ckpt) if ckpt else None)
+
+
+def make_accelerator():
+    """An ``accelerate.Accelerator`` when this process was started by ``torchrun`` / ``accelerate launch``
+    (``WORLD_SIZE`` > 1), else None (the single-process default). DDP is told that parameters may be unused
+    in a step: the projector is frozen on text-only curriculum batches (training_step l.137-142)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return None
+    from accelerate import Accelerator, DistributedDataParallelKwargs
+
+    return Accelerator(cpu=not torch.cuda.is_available(),
+                       kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
 
 
 # -------------------------------------------------------------------------------------- eval / export
@@ -573,8 +599,11 @@ def main(argv: list[str] | None = None) -> int:
         tcfg = TrainConfig(batch_size=a.batch_size, accumulate_grad_batches=a.accumulate_grad_batches,
                            max_epochs=a.max_epochs, seed=a.seed, limit_rows=a.limit_rows,
                            limit_train_batches=a.limit_train_batches, optim=ocfg, mode=a.mode)
+        acc = make_accelerator()   # torchrun / accelerate launch: data parallel; else None (single process)
         r = train(teacher, LastFMData(dcfg, "train"), prompts, tcfg, ckpt_dir=a.ckpt_dir, resume=a.resume,
-                  progress=not a.no_progress)
+                  progress=not a.no_progress, accelerator=acc)
+        if acc is not None and not acc.is_main_process:
+            return 0   # evaluation, export and the report happen once, on the main process
         report["train"] = {"global_step": r.global_step, "batches": r.batches, "emb_batches": r.emb_batches,
                            "first_loss": r.losses[0] if r.losses else None,
                            "last_loss": r.losses[-1] if r.losses else None, "seconds": round(r.seconds, 2),
