@@ -163,7 +163,7 @@ DISTILL = Plan(
     name="distill",
     datasets=distill_pair(DatasetSpec("lastfm", "LastFM 256-row train slice", "ilora-lastfm", train_rows=256,
                                       min_history=1), "smollm2-fixed"),
-    seeds=(1, 2, 3), epochs=40,
+    seeds=(1, 2, 3), epochs=40, jobs=2,
     notes=("256 train rows: the teacher export (1 gated + 4 one-expert passes over 20 candidates per row, prompt "
            "KV-cached) measured 2-4 s per pass per row on this shared 2-core CPU, so 256 rows are about the most "
            "that fit the session; one epoch is int(256/256) = 1 batch, hence a 40-epoch cap; val/test: all 122 rows",))

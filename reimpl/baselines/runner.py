@@ -263,7 +263,10 @@ def run_plan(plan: Plan, root: Path, *, only: str | None = None, progress: bool 
     root.mkdir(parents=True, exist_ok=True)
     manifests = {}
     teacher_skipped = {}
+    wanted = {r.dataset.key for r in plan.runs() if only is None or re.search(only, r.run_id)}
     for ds in plan.datasets:
+        if ds.teacher is not None and ds.key not in wanted:
+            continue   # --only excludes its runs: do not start the (long) teacher phase
         if ds.teacher is not None:
             why = prepare_teacher(plan, ds, root, manifests, progress=progress, log=log)
             if why:
@@ -309,7 +312,7 @@ def run_plan(plan: Plan, root: Path, *, only: str | None = None, progress: bool 
         for spec in todo:
             outer.set_postfix_str(spec.run_id)
             done(spec, one(spec, True))
-    else:  # quick plan only: independent subprocesses, `jobs` at a time (timings are then not comparable)
+    else:  # quick and distill plans: independent subprocesses, `jobs` at a time (timings then not comparable)
         from concurrent.futures import ThreadPoolExecutor
 
         with ThreadPoolExecutor(plan.jobs) as pool:
@@ -317,6 +320,7 @@ def run_plan(plan: Plan, root: Path, *, only: str | None = None, progress: bool 
             for spec, fut in futures:
                 done(spec, fut.result())
     outer.close()
+    finish_teachers(plan, root, manifests, progress=progress, log=log)
     status = {"plan": plan.name, "total": len(runs), "failed": failed, "skipped_reference": skipped,
               "skipped_teacher": teacher_skipped,
               "reference_missing": ref_missing, "updated": time.strftime("%Y-%m-%dT%H:%M:%S")}
@@ -346,10 +350,23 @@ def prepare_teacher(plan: Plan, ds, root: Path, manifests: dict, progress: bool 
     prompt = ROOT / "ref_repositories" / "iLoRA" / "prompt" / "artist.txt"
     if not prompt.is_file():
         return f"teacher {ds.teacher} needs the iLoRA prompt file {prompt} (`make refs`)"
+    # train + export now (the students need them); evaluation after the student runs (finish_teachers)
     tocf = run_teacher(TEACHERS[ds.teacher], rows.tolist(), teacher_dir(root, ds.teacher), data_name=ds.name,
-                       progress=progress, log=log)
+                       progress=progress, log=log, phases=("train", "export"))
     manifests[ds.key] = prepare(dataclasses.replace(ds, tocf_dir=str(tocf)), root)
     return None
+
+
+def finish_teachers(plan: Plan, root: Path, manifests: dict, progress: bool = True, log=print) -> None:
+    """Run the remaining teacher phase (generation evaluation) of every teacher the plan used."""
+    from reimpl.baselines.teacher import TEACHERS, run_teacher
+
+    for ds in plan.datasets:
+        if ds.teacher is None or ds.key not in manifests:
+            continue
+        rows = np.loadtxt(Path(manifests[ds.key]["workdir"]) / "train_rows.txt", dtype=np.int64, ndmin=1)
+        run_teacher(TEACHERS[ds.teacher], rows.tolist(), teacher_dir(root, ds.teacher), data_name=ds.name,
+                    progress=progress, log=log)
 
 
 def load_results(root: Path) -> list[dict]:

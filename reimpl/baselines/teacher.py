@@ -53,7 +53,7 @@ class TeacherSpec:
     lr: float = 7e-4
     eval_splits: tuple[str, ...] = ("val", "test")
     eval_rows: int | None = None    # None: every row of the split
-    max_new_tokens: int = 64        # model_interface.py generate default
+    max_new_tokens: int = 32        # model_interface.py generates up to 64; HR@1 reads only the first line
     cans_num: int = 20
     topk: int = 10                  # DLLM2Rec --candidate_topk default (main.py:35)
     uncertainty: str = "variance"   # reimpl.extensions.uamd kinds
@@ -134,9 +134,9 @@ def run_teacher(spec: TeacherSpec, rows: Sequence[int], out: Path, data_name: st
                       mode=spec.mode)
     tr_path, ckpt_dir = out / "train.json", out / "ckpt"
     tr = json.loads(tr_path.read_text()) if tr_path.is_file() else None
-    if tr is not None and tr.get("spec") != _spec_json(spec):
-        raise ValueError(f"{tr_path}: written for another teacher spec; remove {out} to retrain")
-    tr = tr or {"spec": _spec_json(spec), "losses": [], "lrs": [], "emb_batches": 0, "seconds": 0.0,
+    if tr is not None and tr.get("spec") != _train_spec(spec):
+        raise ValueError(f"{tr_path}: written for another teacher training spec; remove {out} to retrain")
+    tr = tr or {"spec": _train_spec(spec), "losses": [], "lrs": [], "emb_batches": 0, "seconds": 0.0,
                 "global_step": 0, "done": False}
     ocfg = OptimConfig(lr=spec.lr, mode=spec.mode)
     tcfg = TrainConfig(batch_size=spec.batch_size, accumulate_grad_batches=spec.accumulate,
@@ -180,29 +180,11 @@ def run_teacher(spec: TeacherSpec, rows: Sequence[int], out: Path, data_name: st
     timings["train_s"] = tr["seconds"]
     teacher.eval()
 
-    # ---- phase 2: evaluate (generation HR@1 / ValidRatio) ----------------------------------------------
-    evals = {}
-    for split in (spec.eval_splits if "eval" in phases else ()):
-        ep = out / f"eval_{split}.json"
-        if ep.is_file():
-            evals[split] = json.loads(ep.read_text())
-            continue
-        data = LastFMData(dcfg, split)
-        n = len(data) if spec.eval_rows is None else min(spec.eval_rows, len(data))
-        t = time.perf_counter()
-        with torch.no_grad():
-            res, gens = teacher.evaluate(eval_batches(data, teacher.tokenizer, prompts, list(range(n)), spec.batch_size,
-                                                      spec.seed, spec.mode), max_new_tokens=spec.max_new_tokens)
-        evals[split] = {"split": split, "rows": res.n_rows, "hr1": res.hr1, "valid_ratio": res.valid_ratio,
-                        "metric": res.metric, "n_valid": res.n_valid, "n_correct": res.n_correct,
-                        "seconds": time.perf_counter() - t, "generations": gens}
-        _write_json(ep, evals[split])
-        log(f"teacher {spec.name} {split}: HR@1 {res.hr1:.4f} ValidRatio {res.valid_ratio:.4f} ({res.n_rows} rows)")
-
     if "export" not in phases:
+        _evaluate(spec, teacher, prompts, dcfg, out, phases, log)
         _write_json(summary_path, {"spec": _spec_json(spec), "done": False, "timings": timings})
         return tocf
-    # ---- phase 3: export for the student slice (chunked, resumable) ------------------------------------
+    # ---- phase 2: export for the student slice (chunked, resumable) ------------------------------------
     from reimpl.extensions.uamd import export_teacher_with_uncertainty, read_uncertainty, write_uncertainty
     from reimpl.ilora.export import read_tocf, write_tocf
 
@@ -276,15 +258,53 @@ def run_teacher(spec: TeacherSpec, rows: Sequence[int], out: Path, data_name: st
                "chance_in_topk": spec.topk / spec.cans_num, "chance_at_1": 1 / spec.cans_num,
                "mean_rank_when_in_topk": float(pos[pos > 0].mean()) if (pos > 0).any() else None,
                "uncertainty_mean": float(unc.mean()), "uncertainty_median": float(np.median(unc))}
-    _write_json(summary_path, {"spec": _spec_json(spec), "rows_sha": _rows_sha(rows), "done": True,
+    # ---- phase 3: evaluate (generation HR@1 / ValidRatio), after the export the students need ---------------
+    evals = _evaluate(spec, teacher, prompts, dcfg, out, phases, log)
+    _write_json(summary_path, {"spec": _spec_json(spec), "rows_sha": _rows_sha(rows), "done": "eval" in phases,
                                "train": {k: tr[k] for k in ("losses", "lrs", "emb_batches", "seconds", "global_step")},
                                "eval": {s: {k: v for k, v in e.items() if k != "generations"} for s, e in evals.items()},
                                "export": quality, "timings": timings, "tocf": str(folder)})
     return folder
 
 
+def _evaluate(spec: TeacherSpec, teacher, prompts, dcfg, out: Path, phases: Sequence[str], log) -> dict:
+    """Generation HR@1 / ValidRatio per split (cached in ``eval_<split>.json``)."""
+    import torch
+
+    from reimpl.ilora.train import LastFMData, eval_batches
+
+    evals = {}
+    for split in (spec.eval_splits if "eval" in phases else ()):
+        ep = out / f"eval_{split}.json"
+        if ep.is_file():
+            evals[split] = json.loads(ep.read_text())
+            continue
+        data = LastFMData(dcfg, split)
+        n = len(data) if spec.eval_rows is None else min(spec.eval_rows, len(data))
+        t = time.perf_counter()
+        with torch.no_grad():
+            res, gens = teacher.evaluate(eval_batches(data, teacher.tokenizer, prompts, list(range(n)), spec.batch_size,
+                                                      spec.seed, spec.mode), max_new_tokens=spec.max_new_tokens)
+        evals[split] = {"split": split, "rows": res.n_rows, "hr1": res.hr1, "valid_ratio": res.valid_ratio,
+                        "metric": res.metric, "n_valid": res.n_valid, "n_correct": res.n_correct,
+                        "seconds": time.perf_counter() - t, "generations": gens}
+        _write_json(ep, evals[split])
+        log(f"teacher {spec.name} {split}: HR@1 {res.hr1:.4f} ValidRatio {res.valid_ratio:.4f} ({res.n_rows} rows)")
+
+    return evals
+
+
 def _spec_json(spec: TeacherSpec) -> dict:
     return json.loads(json.dumps(asdict(spec)))
+
+
+TRAIN_FIELDS = ("llm", "mode", "seed", "train_rows", "batch_size", "accumulate", "max_epochs", "lr", "cans_num")
+
+
+def _train_spec(spec: TeacherSpec) -> dict:
+    """The fields that decide the trained weights (a change of evaluation/export settings keeps them)."""
+    d = _spec_json(spec)
+    return {k: d[k] for k in TRAIN_FIELDS}
 
 
 def _rows_sha(rows: Sequence[int]) -> str:
