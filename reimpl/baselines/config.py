@@ -173,7 +173,7 @@ DISTILL = Plan(
 # trains the one student/data pair that fits the CPU budget much longer (each side's own early stopping applies).
 LONG = Plan(
     name="long",
-    datasets=(MOVIELENS,), models=("SASRec",), sides=("reference", "fixed"), seeds=(1, 2, 3), epochs=30,
+    datasets=(MOVIELENS,), models=("SASRec",), sides=("reference", "fixed"), seeds=(1, 2, 3), epochs=30, jobs=2,
     notes=("30-epoch cap with patience 10 (each side's own rule): about 14 s per reference epoch on ml-100k, so 6 runs "
            "fit in about 45 minutes of one core; faithful is omitted here because the full plan shows it identical to "
            "the reference run for run",))

@@ -307,7 +307,7 @@ def build_context(plan: Plan, root: Path, fig_dir: Path | None = None, fig_rel: 
         if not entry.get("table"):
             continue
         ver = defaultdict(int)
-        ident, ident_total, metrics_ident = set(), set(), set()
+        ident, ident_total, metrics_ident, drift = set(), set(), set(), set()
         for t in entry["table"]:
             if t["agree"]:
                 ver[(t["side"], t["agree"]["verdict"])] += 1
@@ -318,8 +318,11 @@ def build_context(plan: Plan, root: Path, fig_dir: Path | None = None, fig_rel: 
                         ident.add((t["model"], t["side"]))
                     elif idn.get("metrics_identical"):
                         metrics_ident.add((t["model"], t["side"]))
+                    elif idn.get("loss_max_rel", 1.0) < 1e-6 and math.isfinite(idn.get("metric_max_abs", math.inf)):
+                        drift.add((t["model"], t["side"]))
         summary.append({"key": entry["key"], "verdicts": dict(ver), "identical": sorted(ident),
-                        "metrics_identical": sorted(metrics_ident), "compared": sorted(ident_total)})
+                        "metrics_identical": sorted(metrics_ident), "drift": sorted(drift),
+                        "compared": sorted(ident_total)})
     run_rows = []
     res_by_id = {r["run_id"]: r for r in results}
     for spec in runs:
@@ -360,7 +363,7 @@ def render(plan: Plan, root: Path, report_dir: Path, extra: tuple[tuple[Plan, Pa
     report_dir = Path(report_dir)
     parts = [_render_one(plan, root, report_dir)]
     for p, r in extra:
-        if Path(r).is_dir():
+        if Path(r).is_dir() and any((Path(r) / "results").glob("*.json")):   # skip plans never run here
             parts.append(_render_one(p, r, report_dir))
     out = report_dir / "baselines.md"
     report_dir.mkdir(parents=True, exist_ok=True)

@@ -170,24 +170,28 @@ def history_identity(ref_results: dict[int, dict], other: dict[int, dict]) -> di
     """
     worst, seeds = 0.0, sorted(set(ref_results) & set(other))
     loss_abs, loss_rel, metric_abs = 0.0, 0.0, 0.0
+    first_diverge = {}   # seed -> first epoch whose VAL/TEST metrics differ (None: never)
     for s in seeds:
         ha, hb = ref_results[s]["history"], other[s]["history"]
+        first_diverge[s] = None
         if len(ha) != len(hb):
             worst = metric_abs = math.inf
-            continue
         for ea, eb in zip(ha, hb):
             d = abs(ea["loss"] - eb["loss"])
             loss_abs = max(loss_abs, d)
             loss_rel = max(loss_rel, d / max(abs(ea["loss"]), 1e-300))
             for split in ("val", "test"):
                 fa, fb = flat(ea[split]), flat(eb[split])
-                metric_abs = max(metric_abs, max(abs(fa[m] - fb[m]) for m in METRICS))
+                dm = max(abs(fa[m] - fb[m]) for m in METRICS)
+                metric_abs = max(metric_abs, dm)
+                if dm > 1e-12 and first_diverge[s] is None:
+                    first_diverge[s] = ea.get("epoch")
     worst = max(worst, loss_abs, metric_abs)
     # "identical": bit-for-bit up to 1e-12. "metrics_identical": every evaluated metric equal (1e-12) with the
     # loss differing only by float rounding drift (distillation runs: see the dllm2rec.train_step tolerance note)
     return {"seeds": seeds, "max_abs": worst, "identical": bool(seeds) and worst <= 1e-12,
             "metrics_identical": bool(seeds) and metric_abs <= 1e-12, "loss_max_abs": loss_abs,
-            "loss_max_rel": loss_rel}
+            "loss_max_rel": loss_rel, "metric_max_abs": metric_abs, "first_diverge": first_diverge}
 
 
 def agreement(ref: Row, row: Row, identity: dict | None = None) -> dict:
@@ -227,6 +231,12 @@ def agreement(ref: Row, row: Row, identity: dict | None = None) -> dict:
         text = (f"every evaluated metric identical per seed (seeds {identity['seeds']}); the printed loss differs by "
                 f"<= {identity['loss_max_rel']:.1g} relative (float rounding drift that has not flipped any rank); "
                 + text)
+    elif (identity and identity["seeds"] and identity.get("loss_max_rel", 1.0) < 1e-6
+          and math.isfinite(identity.get("metric_max_abs", math.inf))):
+        fd = ", ".join(f"s{s}: {'never' if e is None else f'epoch {e}'}" for s, e in identity["first_diverge"].items())
+        text = (f"per-seed histories drift apart by float rounding (loss <= {identity['loss_max_rel']:.1g} relative "
+                f"from the first batch on; evaluated metrics first differ at {fd}; max metric difference "
+                f"{identity['metric_max_abs']:.2g}); " + text)
     elif identity and identity["seeds"]:
         text = (f"per-seed histories differ (max abs. difference {identity['max_abs']:.2g}); " + text)
     return {"verdict": verdict, "text": text, "min_p": min_p, "min_metric": min_name, "identity": identity,
