@@ -122,7 +122,7 @@ def run_teacher(spec: TeacherSpec, rows: Sequence[int], out: Path, data_name: st
         return tocf
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     torch.set_num_threads(spec.threads)
-    timings = dict(prev.get("timings", {})) if prev.get("spec") == _spec_json(spec) else {}
+    timings = dict(prev.get("timings", {}))   # phase timings of earlier (resumed) calls are kept
     t = time.perf_counter()
     torch.manual_seed(spec.seed)
     teacher, p = _build(spec, shared)
