@@ -37,7 +37,8 @@ golden: setup refs
 bench: setup refs
 	$(PY) -m benchmarks.run
 
-# Extension trial (UAMD, RDR, CDR, selection) at small scale -> reports/extensions.md (~7-12 min on 2 cores)
+# Extension trial (UAMD, RDR, CDR, selection) against the distill plan's teacher and verified baseline
+# -> reports/extensions.md (~3 min, plus ~4 min of SmolLM2 rationales when the cache is empty; needs `make baseline`)
 extensions: setup
 	$(PY) -m reimpl.extensions.trial
 

@@ -219,14 +219,14 @@ def execute(spec: RunSpec, root: Path, workdir: Path, threads: int, bar=None) ->
                 resumed_from = int(m.group(1))
                 if bar is not None:
                     bar.update(resumed_from)
-        code = proc.wait()
+        exit_code = proc.wait()
     wall = time.time() - t0
     res = {"run_id": spec.run_id, "dataset": spec.dataset.key, "dataset_name": spec.dataset.name,
            "model": spec.model, "side": spec.side, "seed": spec.seed, "epochs_cap": spec.epochs,
            "student_args": dict(spec.student_args), "command": shlex.join(cmd), "cwd": str(ROOT),
-           "threads": threads, "started": started, "wall_s": wall, "exit_code": code,
+           "threads": threads, "started": started, "wall_s": wall, "exit_code": exit_code,
            "resumed_from_epoch": max(resumed_from, 0), "log": str(log_path), "code": code}
-    if code != 0:
+    if exit_code != 0:
         res["status"] = "failed"
         res["error"] = "".join(out_lines[-20:])
         (run_dir / "failed.json").write_text(json.dumps(res, indent=1))

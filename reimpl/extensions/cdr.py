@@ -33,7 +33,7 @@ from torch import nn
 
 from reimpl.dllm2rec.config import DLLM2RecConfig
 from reimpl.dllm2rec.train import DLLM2RecData, train
-from reimpl.extensions.hooks import ExtConfig, build_hooks
+from reimpl.extensions.hooks import repr_width, ExtConfig, build_hooks
 from reimpl.extensions.metrics import ranking_metrics
 from reimpl.dllm2rec.evaluate import target_ranks
 from reimpl.dllm2rec.injection import lookup_llm_emb
@@ -88,7 +88,8 @@ def teacher_metrics(teacher, split, k: int = 10) -> dict:
 
 def _one_student(cfg: DLLM2RecConfig, ext: ExtConfig, data: DLLM2RecData, uncertainty, init_from, log):
     box = {}
-    hooks = build_hooks(ext, data, candidate_topk=cfg.candidate_topk, hidden=cfg.hidden_factor,
+    hooks = build_hooks(ext, data, candidate_topk=cfg.candidate_topk,
+                        hidden=repr_width(cfg, data.item_num, data.seq_size),
                         uncertainty=uncertainty)
     hooks.on_end = lambda m: box.__setitem__("model", m)
     if init_from is not None:

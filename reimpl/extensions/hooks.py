@@ -82,3 +82,13 @@ def build_hooks(ext: ExtConfig, data: DLLM2RecData, *, candidate_topk: int, hidd
                                         return_rows=s == "test") for s in ("val", "test")}
         hooks.on_epoch_end = on_epoch_end
     return hooks
+
+
+def repr_width(cfg: DLLM2RecConfig, item_num: int, seq_size: int) -> int:
+    """Width of the student's sequence representation (the input of its output layer ``s_fc``, what the
+    RDR head projects): ``hidden_factor`` for SASRec/GRU, ``hidden_factor + num_filters * len(filter_sizes)``
+    for Caser. Read off a throw-away student built under a forked RNG (the run's RNG stream is untouched)."""
+    from reimpl.dllm2rec.student import build_student
+
+    with torch.random.fork_rng(devices=[]):
+        return int(build_student(cfg, item_num, seq_size).s_fc.in_features)
