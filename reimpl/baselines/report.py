@@ -298,9 +298,10 @@ def build_context(plan: Plan, root: Path, fig_dir: Path | None = None, fig_rel: 
         entry.update(models=models, table=table, cost=cost, figures=[], selection_effect=selection_effect)
         if fig_dir is not None and any(r["dataset"] == ds.key for r in results):
             fig_dir.mkdir(parents=True, exist_ok=True)
-            _curves(results, ds.key, models, fig_dir / f"baselines_curves_{ds.key}.png")
-            _bars(rows, ds.key, models, fig_dir / f"baselines_bars_{ds.key}.png", entry["chance"])
-            entry["figures"] = [f"{fig_rel}/baselines_curves_{ds.key}.png", f"{fig_rel}/baselines_bars_{ds.key}.png"]
+            tag = ds.key if plan.name in ("full", "quick") else f"{plan.name}_{ds.key}"   # plans share data keys
+            _curves(results, ds.key, models, fig_dir / f"baselines_curves_{tag}.png")
+            _bars(rows, ds.key, models, fig_dir / f"baselines_bars_{tag}.png", entry["chance"])
+            entry["figures"] = [f"{fig_rel}/baselines_curves_{tag}.png", f"{fig_rel}/baselines_bars_{tag}.png"]
         datasets.append(entry)
     summary = []
     for entry in datasets:
