@@ -231,9 +231,9 @@ def test_report_renders_partial_cache(tmp_path):
     assert "6 of 18 runs finished" in text
     assert "2/3 (pending)" in text and "0/3 (pending)" in text
     assert "**pending**" in text  # Caser: no seed yet
-    assert (tmp_path / "rep" / "figures" / "baselines_curves_toy.png").stat().st_size > 1000
-    assert (tmp_path / "rep" / "figures" / "baselines_bars_toy.png").stat().st_size > 1000
-    assert "![NDCG@20 per epoch](figures/baselines_curves_toy.png)" in text
+    assert (tmp_path / "rep" / "figures" / "baselines_curves_unit_toy.png").stat().st_size > 1000
+    assert (tmp_path / "rep" / "figures" / "baselines_bars_unit_toy.png").stat().st_size > 1000
+    assert "![NDCG@20 per epoch](figures/baselines_curves_unit_toy.png)" in text
 
 
 # ------------------------------------------------------------------------- distillation plan pieces
