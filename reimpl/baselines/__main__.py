@@ -42,19 +42,15 @@ def main(argv: list[str] | None = None) -> int:
     report_dir = Path(a.report_dir) if a.report_dir else (ROOT / "reports" if plan.name == "full" else root)
     status = None
     if a.cmd == "teacher":   # only the teacher phases of the plan's distilled data sets
-        from reimpl.baselines.data import prepare
-        from reimpl.baselines.runner import teacher_dir
+        from reimpl.baselines.runner import teacher_dir, teacher_rows
         from reimpl.baselines.teacher import TEACHERS, run_teacher
-        import numpy as np
 
+        manifests: dict = {}
         for ds in plan.datasets:
-            if ds.teacher is None:
-                continue
-            base = dataclasses.replace(ds, teacher=None, student_args=None, variant="", tocf_dir=None)
-            twin = next((d for d in plan.datasets if d.key == base.key), base)
-            rows = np.loadtxt(Path(prepare(twin, root)["workdir"]) / "train_rows.txt", dtype=np.int64, ndmin=1)
-            run_teacher(TEACHERS[ds.teacher], rows.tolist(), teacher_dir(root, ds.teacher), data_name=ds.name,
-                        progress=not a.no_progress, phases=a.phases.split(","))
+            if ds.teacher is not None:
+                run_teacher(TEACHERS[ds.teacher], teacher_rows(plan, ds, root, manifests).tolist(),
+                            teacher_dir(root, ds.teacher), data_name=ds.name, progress=not a.no_progress,
+                            phases=a.phases.split(","))
         return 0
     if a.cmd == "run":
         from reimpl.baselines.runner import run_plan

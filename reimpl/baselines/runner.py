@@ -332,6 +332,18 @@ def teacher_dir(root: Path, name: str) -> Path:
     return Path(root) / "teacher" / name
 
 
+def teacher_rows(plan: Plan, ds, root: Path, manifests: dict) -> np.ndarray:
+    """Original train-row indices the teacher of ``ds`` must export: those of its undistilled twin's slice
+    (prepared here if needed; its ``train_rows.txt``)."""
+    import dataclasses
+
+    base = dataclasses.replace(ds, teacher=None, student_args=None, variant="", tocf_dir=None)
+    twin = next((d for d in plan.datasets if d.key == base.key), base)
+    man = manifests.get(twin.key) or prepare(twin, root)
+    manifests[twin.key] = man
+    return np.loadtxt(Path(man["workdir"]) / "train_rows.txt", dtype=np.int64, ndmin=1)
+
+
 def prepare_teacher(plan: Plan, ds, root: Path, manifests: dict, progress: bool = True, log=print) -> str | None:
     """Prepare the undistilled twin of ``ds`` (its ``train_rows.txt`` fixes the rows), run / resume the
     teacher (reimpl.baselines.teacher) for those rows, then prepare ``ds`` with the teacher's ``tocf``.
@@ -340,11 +352,7 @@ def prepare_teacher(plan: Plan, ds, root: Path, manifests: dict, progress: bool 
 
     from reimpl.baselines.teacher import TEACHERS, run_teacher
 
-    base = dataclasses.replace(ds, teacher=None, student_args=None, variant="", tocf_dir=None)
-    twin = next((d for d in plan.datasets if d.key == base.key), base)
-    man = manifests.get(twin.key) or prepare(twin, root)
-    manifests[twin.key] = man
-    rows = np.loadtxt(Path(man["workdir"]) / "train_rows.txt", dtype=np.int64, ndmin=1)
+    rows = teacher_rows(plan, ds, root, manifests)
     if ds.teacher not in TEACHERS:
         raise ValueError(f"dataset {ds.key}: unknown teacher {ds.teacher!r} (have {sorted(TEACHERS)})")
     prompt = ROOT / "ref_repositories" / "iLoRA" / "prompt" / "artist.txt"
