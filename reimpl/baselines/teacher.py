@@ -110,7 +110,7 @@ def run_teacher(spec: TeacherSpec, rows: Sequence[int], out: Path, data_name: st
 
     from reimpl.ilora.optim import OptimConfig
     from reimpl.ilora.prompt import load_prompts
-    from reimpl.ilora.train import DataConfig, LastFMData, TrainConfig, eval_batches, train
+    from reimpl.ilora.train import DataConfig, LastFMData, TrainConfig, train
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -146,12 +146,11 @@ def run_teacher(spec: TeacherSpec, rows: Sequence[int], out: Path, data_name: st
     per_epoch = min(len(data_tr), spec.train_rows) // spec.batch_size
     total = per_epoch * spec.max_epochs
     ckpt = ckpt_dir / "last.ckpt"
-    if not tr["done"]:
-        from tqdm.auto import tqdm
+    from tqdm.auto import tqdm
 
+    if not tr["done"]:
         if ckpt.is_file() and tr["losses"]:
-            import torch as _t
-            ck = _t.load(ckpt, map_location="cpu", weights_only=False)
+            ck = torch.load(ckpt, map_location="cpu", weights_only=False)
             at = ck["epoch"] * per_epoch + ck["batch_in_epoch"]
             if at != len(tr["losses"]):
                 raise ValueError(f"{ckpt} is at micro-batch {at} but {tr_path} logged {len(tr['losses'])}; "
@@ -185,8 +184,9 @@ def run_teacher(spec: TeacherSpec, rows: Sequence[int], out: Path, data_name: st
         _write_json(summary_path, {"spec": _spec_json(spec), "done": False, "timings": timings})
         return tocf
     # ---- phase 2: export for the student slice (chunked, resumable) ------------------------------------
-    from reimpl.extensions.uamd import export_teacher_with_uncertainty, read_uncertainty, write_uncertainty
-    from reimpl.ilora.export import read_tocf, write_tocf
+    from reimpl.extensions.uamd import score_rows_with_uncertainty, write_uncertainty
+    from reimpl.ilora.export import write_tocf
+    from reimpl.ilora.train import all_item_embeddings
 
     full = LastFMData(DataConfig(data_dir=str(p["data_dir"]), prompt_path=str(p["prompt"]), cans_num=spec.cans_num,
                                  mode=spec.mode, min_len_seq=1), "train")   # unfiltered = DLLM2Rec's frame
@@ -195,10 +195,8 @@ def run_teacher(spec: TeacherSpec, rows: Sequence[int], out: Path, data_name: st
     exp_dir = out / "export"
     exp_dir.mkdir(exist_ok=True)
     bounds = list(range(0, len(rows), spec.export_chunk)) + [len(rows)]
-    if len(bounds) > 2 and bounds[-1] - bounds[-2] < 2:   # write_tocf needs >= 2 rows per chunk
-        bounds.pop(-2)
-    from tqdm.auto import tqdm
-
+    if len(bounds) > 2 and bounds[-1] - bounds[-2] < 2:   # no 1-row last chunk (chunk i draws with seed + i;
+        bounds.pop(-2)                                     # kept so existing exports resume identically)
     chunks = list(zip(bounds[:-1], bounds[1:]))
     t = time.perf_counter()
     done_before = sum((exp_dir / f"chunk_{i:04d}.npz").is_file() for i in range(len(chunks)))
@@ -209,19 +207,11 @@ def run_teacher(spec: TeacherSpec, rows: Sequence[int], out: Path, data_name: st
         cp = exp_dir / f"chunk_{i:04d}.npz"
         if cp.is_file():
             continue
-        tmp = exp_dir / f"tmp_{i:04d}"
-        folder = export_teacher_with_uncertainty(teacher, full, prompts, tmp, data_name, rows[a:b], k=spec.topk,
-                                                 cans_num=spec.cans_num, batch_size=spec.export_batch,
-                                                 seed=spec.export_seed + i, kind=spec.uncertainty,
-                                                 with_embeddings=False)
-        ex = read_tocf(folder, item_num)
-        u = read_uncertainty(folder, b - a)
-        np.savez(cp.with_suffix(".tmp.npz"), rank=ex.rank, confidence=ex.confidence, uncertainty=u,
-                 rows=np.asarray(rows[a:b]))
+        rank, conf, u = score_rows_with_uncertainty(teacher, full, prompts, rows[a:b], k=spec.topk,
+                                                    cans_num=spec.cans_num, batch_size=spec.export_batch,
+                                                    seed=spec.export_seed + i, kind=spec.uncertainty)
+        np.savez(cp.with_suffix(".tmp.npz"), rank=rank, confidence=conf, uncertainty=u, rows=np.asarray(rows[a:b]))
         cp.with_suffix(".tmp.npz").replace(cp)
-        import shutil
-
-        shutil.rmtree(tmp, ignore_errors=True)
         bar.update(b - a)
     bar.close()
     if len(chunks) > done_before:
@@ -231,11 +221,7 @@ def run_teacher(spec: TeacherSpec, rows: Sequence[int], out: Path, data_name: st
     emb_path = out / "item_embeddings.pt"
     if not emb_path.is_file():
         t = time.perf_counter()
-        ids = torch.arange(item_num)
-        with torch.no_grad():
-            emb = teacher.item_embeddings(titles=[full.id2name.get(int(i), "") for i in ids], item_ids=ids,
-                                          source="llm")
-        torch.save(emb.contiguous(), emb_path)
+        torch.save(all_item_embeddings(teacher, full, "llm").contiguous(), emb_path)
         timings["embeddings_s"] = time.perf_counter() - t
     emb = torch.load(emb_path, weights_only=True)
     parts = [np.load(exp_dir / f"chunk_{i:04d}.npz") for i in range(len(chunks))]

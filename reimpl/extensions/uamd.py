@@ -33,7 +33,6 @@ the student loss is ``L_task + lam * sum_k mean_b(w(u_b) * w_bk * l_bk)`` -- the
 from __future__ import annotations
 
 import contextlib
-import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -195,44 +194,45 @@ def expert_candidate_scores(teacher, batch: dict, cans_titles: Sequence[Sequence
     return mixed, torch.stack(experts, 1), gate
 
 
-def export_teacher_with_uncertainty(teacher, data, prompts: Sequence[str], out_dir: str | Path, data_name: str,
-                                    rows: Sequence[int], k: int = 10, cans_num: int = 20, batch_size: int = 4,
-                                    seed: int = 0, kind: str = "variance", emb_source: str = "llm",
-                                    pad_dim: int | None = None, with_embeddings: bool = True,
-                                    cached: bool | str = True, embeddings: torch.Tensor | None = None) -> Path:
-    """:func:`reimpl.ilora.train.export_teacher` (same candidates for the same ``seed``, same files)
-    plus ``uncertainty_train.txt``. ``data``: a :class:`reimpl.ilora.train.LastFMData`; ``cached``:
-    prefix-KV-cached scoring (:meth:`ILoRATeacher.score_candidates`); ``embeddings``: a precomputed
-    ``[item_num, d]`` all-items tensor to write instead of computing it (``with_embeddings`` ignored)."""
-    from reimpl.ilora.export import ranking_from_scores, write_tocf
-    from reimpl.ilora.train import collate
+def score_rows_with_uncertainty(teacher, data, prompts: Sequence[str], rows: Sequence[int], k: int = 10,
+                                cans_num: int = 20, batch_size: int = 4, seed: int = 0, kind: str = "variance",
+                                cached: bool | str = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Ranking ``[N, k]``, confidence ``[N, k]`` (from the gated scores, as
+    :func:`reimpl.ilora.train.export_teacher` for the same ``seed``) and uncertainty ``[N]`` of train ``rows``.
+    ``data``: a :class:`reimpl.ilora.train.LastFMData`; ``cached``: prefix-KV-cached scoring
+    (:meth:`ILoRATeacher.score_candidates`)."""
+    from reimpl.ilora.export import ranking_from_scores
+    from reimpl.ilora.train import export_batches
 
-    py = random.Random(seed)
     teacher.eval()
     ranks, confs, us = [], [], []
-    for s in range(0, len(rows), batch_size):
-        samples = []
-        for i in rows[s:s + batch_size]:   # candidate draw of export_teacher, in the same RNG order
-            seen = set(data.unpadded(i))
-            target = int(data.frame["next"].iloc[i])
-            cands = py.sample([j for j in data.all_ids if j not in seen and j != target], cans_num - 1) + [target]
-            py.shuffle(cands)
-            samples.append(data.sample(i, py, cans=cands))
-        batch = collate(samples, teacher.tokenizer, prompts, py, train=False, terminator=teacher.cfg.terminator)
+    for batch in export_batches(data, teacher.tokenizer, prompts, rows, batch_size, seed, cans_num,
+                                teacher.cfg.terminator):
         mixed, experts, gate = expert_candidate_scores(teacher, batch, batch["cans_name"], batch["prompts"],
                                                        cached=cached)
         r, c = ranking_from_scores(mixed, batch["cans"], k)
         ranks.append(r)
         confs.append(c)
         us.append(expert_disagreement(experts, gate, kind).numpy())
-    item_num = data.cfg.padding_item_id
+    return np.concatenate(ranks), np.concatenate(confs), np.concatenate(us)
+
+
+def export_teacher_with_uncertainty(teacher, data, prompts: Sequence[str], out_dir: str | Path, data_name: str,
+                                    rows: Sequence[int], k: int = 10, cans_num: int = 20, batch_size: int = 4,
+                                    seed: int = 0, kind: str = "variance", emb_source: str = "llm",
+                                    pad_dim: int | None = None, with_embeddings: bool = True,
+                                    cached: bool | str = True, embeddings: torch.Tensor | None = None) -> Path:
+    """:func:`reimpl.ilora.train.export_teacher` (same candidates for the same ``seed``, same files)
+    plus ``uncertainty_train.txt`` (:func:`score_rows_with_uncertainty`). ``embeddings``: a precomputed
+    ``[item_num, d]`` all-items tensor to write instead of computing it (``with_embeddings`` ignored)."""
+    from reimpl.ilora.export import write_tocf
+    from reimpl.ilora.train import all_item_embeddings
+
+    rank, conf, u = score_rows_with_uncertainty(teacher, data, prompts, rows, k=k, cans_num=cans_num,
+                                                batch_size=batch_size, seed=seed, kind=kind, cached=cached)
     emb = embeddings
     if emb is None and with_embeddings:
-        ids = torch.arange(item_num)
-        with torch.no_grad():
-            emb = teacher.item_embeddings(titles=[data.id2name.get(int(i), "") for i in ids], item_ids=ids,
-                                          source=emb_source)
-    folder = write_tocf(out_dir, data_name, np.concatenate(ranks), np.concatenate(confs), emb, item_num,
-                        pad_dim=pad_dim)
-    write_uncertainty(folder, np.concatenate(us))
+        emb = all_item_embeddings(teacher, data, emb_source)
+    folder = write_tocf(out_dir, data_name, rank, conf, emb, data.cfg.padding_item_id, pad_dim=pad_dim)
+    write_uncertainty(folder, u)
     return folder

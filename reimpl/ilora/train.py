@@ -345,6 +345,23 @@ def eval_batches(data: LastFMData, tokenizer, prompts, rows: Sequence[int], batc
         yield collate(samples, tokenizer, prompts, py, train=False, terminator=terminator)
 
 
+def export_batches(data: LastFMData, tokenizer, prompts: Sequence[str], rows: Sequence[int], batch_size: int,
+                   seed: int, cans_num: int, terminator: str = "\n"):
+    """Evaluation-style batches of train ``rows`` (in order) for the teacher export: each row's candidates are
+    its target + ``cans_num - 1`` random items outside its history, shuffled (one ``random.Random(seed)``
+    for the draws and the prompt templates, so the same seed gives the same candidates)."""
+    py = random.Random(seed)
+    for s in range(0, len(rows), batch_size):
+        samples = []
+        for i in rows[s:s + batch_size]:
+            seen = set(data.unpadded(i))
+            target = int(data.frame["next"].iloc[i])
+            cands = py.sample([j for j in data.all_ids if j not in seen and j != target], cans_num - 1) + [target]
+            py.shuffle(cands)
+            samples.append(data.sample(i, py, cans=cands))
+        yield collate(samples, tokenizer, prompts, py, train=False, terminator=terminator)
+
+
 def export_teacher(teacher, data: LastFMData, prompts: Sequence[str], out_dir: str | Path, data_name: str,
                    rows: Sequence[int], k: int = 10, cans_num: int = 20, batch_size: int = 4, seed: int = 0,
                    emb_source: str = "llm", pad_dim: int | None = None, cached: bool | str = True,
@@ -357,20 +374,11 @@ def export_teacher(teacher, data: LastFMData, prompts: Sequence[str], out_dir: s
     receives ``export_scoring_s`` and ``embeddings_s`` (wall clock)."""
     from reimpl.ilora.export import ranking_from_scores, write_tocf
 
-    py = random.Random(seed)
     teacher.eval()
     ranks, confs = [], []
     t0 = time.perf_counter()
-    for s in range(0, len(rows), batch_size):
-        samples = []
-        for i in rows[s:s + batch_size]:
-            seq_unpad = data.unpadded(i)
-            target = int(data.frame["next"].iloc[i])
-            seen = set(seq_unpad)
-            cands = py.sample([j for j in data.all_ids if j not in seen and j != target], cans_num - 1) + [target]
-            py.shuffle(cands)
-            samples.append(data.sample(i, py, cans=cands))
-        batch = collate(samples, teacher.tokenizer, prompts, py, train=False, terminator=teacher.cfg.terminator)
+    for batch in export_batches(data, teacher.tokenizer, prompts, rows, batch_size, seed, cans_num,
+                                teacher.cfg.terminator):
         scores = teacher.score_candidates(batch, batch["cans_name"], batch["prompts"], cached=cached)
         r, c = ranking_from_scores(scores, batch["cans"], k)
         ranks.append(r)
