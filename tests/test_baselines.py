@@ -284,6 +284,8 @@ def test_distill_pair_and_plan():
     args = {r.dataset.key: r.student_args for r in plan.runs()}
     assert args == {plain.key: NO_DISTILLATION, kd.key: DISTILLATION}
     assert len({r.run_id for r in DISTILL.runs()}) == len(DISTILL.runs()) == 54
+    assert plan.undistilled_twin(kd) is plain     # the listed twin itself
+    assert Plan(name="v", datasets=(kd,)).undistilled_twin(kd).key == plain.key
 
 
 def test_prepare_refuses_misaligned_teacher_rows(shared_dir, tmp_path):

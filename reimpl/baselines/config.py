@@ -103,6 +103,12 @@ class Plan:
     student_args: tuple[tuple[str, float], ...] = NO_DISTILLATION
     notes: tuple[str, ...] = field(default_factory=tuple)
 
+    def undistilled_twin(self, ds: DatasetSpec) -> DatasetSpec:
+        """The plan's data set that ``ds`` distils into (same slice, no teacher, no distillation arguments), or
+        that spec itself when the plan does not list it."""
+        base = dataclasses.replace(ds, teacher=None, student_args=None, variant="", tocf_dir=None)
+        return next((d for d in self.datasets if d.key == base.key), base)
+
     def runs(self) -> list[RunSpec]:
         out = []
         for ds in self.datasets:

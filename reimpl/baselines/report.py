@@ -198,9 +198,7 @@ def kd_effect(plan: Plan, rows: dict) -> list[dict]:
     for kd in plan.datasets:
         if not kd.teacher:
             continue
-        import dataclasses
-
-        plain_key = dataclasses.replace(kd, teacher=None, student_args=None, variant="").key
+        plain_key = plan.undistilled_twin(kd).key
         for model in (kd.models or plan.models):
             for side in plan.sides:
                 for sel in ("test", "val"):

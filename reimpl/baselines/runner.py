@@ -335,10 +335,7 @@ def teacher_dir(root: Path, name: str) -> Path:
 def teacher_rows(plan: Plan, ds, root: Path, manifests: dict) -> np.ndarray:
     """Original train-row indices the teacher of ``ds`` must export: those of its undistilled twin's slice
     (prepared here if needed; its ``train_rows.txt``)."""
-    import dataclasses
-
-    base = dataclasses.replace(ds, teacher=None, student_args=None, variant="", tocf_dir=None)
-    twin = next((d for d in plan.datasets if d.key == base.key), base)
+    twin = plan.undistilled_twin(ds)
     man = manifests.get(twin.key) or prepare(twin, root)
     manifests[twin.key] = man
     return np.loadtxt(Path(man["workdir"]) / "train_rows.txt", dtype=np.int64, ndmin=1)

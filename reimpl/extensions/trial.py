@@ -114,7 +114,9 @@ class Baseline:
 
     @property
     def teacher_dir(self) -> Path:
-        return self.root / "teacher" / self.kd.teacher
+        from reimpl.baselines.runner import teacher_dir
+
+        return teacher_dir(self.root, self.kd.teacher)
 
     @property
     def seeds(self) -> tuple[int, ...]:
@@ -145,9 +147,7 @@ def locate_baseline(root: str | Path, plan, dataset: str | None = None) -> Basel
         raise ValueError(f"plan {plan.name}: expected one distilled data set"
                          f"{'' if dataset is None else ' with key ' + dataset}, found {[d.key for d in kds]}")
     kd = kds[0]
-    base = dataclasses.replace(kd, teacher=None, student_args=None, variant="", tocf_dir=None)
-    plain = next((d for d in plan.datasets if d.key == base.key), base)
-    b = Baseline(root, plan, kd, plain)
+    b = Baseline(root, plan, kd, plan.undistilled_twin(kd))
     tj = b.teacher_dir / "teacher.json"
     if not (b.kd_workdir / "manifest.json").is_file() and tj.is_file() and json.loads(tj.read_text()).get("done"):
         # the teacher phase finished but the plan's student runs have not prepared the distilled working
