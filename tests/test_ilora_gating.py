@@ -12,15 +12,6 @@ from reimpl.ilora.gating import GATINGS, GatingConfig, build_gating
 from reimpl.ilora.router import CVRouter, NLPRouter, RouterConfig, build_router, reference_gate_layout
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # tiny convs/matmuls: intra-op threads only add contention on the 2-core CI machine (100x slower)
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _router(mode="faithful", num_moe=4, seed=0):
     torch.manual_seed(seed)
     return build_router(RouterConfig(num_moe=num_moe, mode=mode))

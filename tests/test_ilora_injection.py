@@ -17,14 +17,6 @@ IDS = PlaceholderIds(his=101, cans=102, item=103)
 D = 6
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def test_fill_prompt():
     t = "History [HistoryHere]. Pick from [CansHere]. Target [TargetHere]"
     assert fill_prompt(t, ["A", "B c"], ["X"], "Z") == \

@@ -15,14 +15,6 @@ from reimpl.ilora.moe_lora import (GateContext, MoeLoraConfig, MoeLoraLinear, Mo
 from reimpl.llm.tiny import tiny_llama
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _layer(mode="faithful", r=8, e=4, drop=0.0, seed=0, dtype=torch.float64):
     torch.manual_seed(seed)
     layer = MoeLoraLinear(torch.nn.Linear(12, 10), MoeLoraConfig(r=r, num_moe=e, lora_dropout=drop, mode=mode))

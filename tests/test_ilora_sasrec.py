@@ -17,15 +17,6 @@ CKPTS = {"lastfm.pt": 4606, "steam.pt": 3581, "movielens.pt": 1682, "SASRec_stea
          "SASRec_movielens.pt": 1682}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # tiny convs/matmuls: intra-op threads only add contention on the 2-core CI machine (100x slower)
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _model(mode="faithful", seed=0, **kw):
     cfg = SASRecConfig(**{"hidden_size": 16, "item_num": 30, "state_size": 6, "dropout": 0.2, **kw}, mode=mode)
     torch.manual_seed(seed)

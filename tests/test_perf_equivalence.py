@@ -19,14 +19,6 @@ from reimpl.ilora.prompt import PlaceholderIds, inject_item_embeds
 SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def tied_scores(seed: int, B: int, I: int, levels: int, dtype, nan_frac: float = 0.0) -> torch.Tensor:
     """Scores taking only ``levels`` distinct values (heavy ties), some rows all equal, optional NaN."""
     g = torch.Generator().manual_seed(seed)
