@@ -22,15 +22,13 @@ from __future__ import annotations
 
 import contextlib
 import io
-import os
 from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("RECPARITY_SHARED", ROOT.parent / "shared"))
+from reimpl.paths import SHARED
 GAME_TEST = SHARED / "data" / "dllm2rec" / "game" / "test_data.csv"
 
 TRAIN = dict(item_num=4606, n=50_800, seq_size=10, batch=256, K=10, d_llm=4096, seed=7)

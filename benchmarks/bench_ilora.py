@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
+from reimpl.paths import ROOT
+
 CACHE = ROOT / "cache" / "bench"
 SEED = 2024
 BATCH = 8                 # train_lastfm.sh --batch_size 8

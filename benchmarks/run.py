@@ -24,7 +24,7 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from reimpl.paths import ROOT
 
 
 def _measure(name: str, side: str, repeat: int, threads: int) -> dict:

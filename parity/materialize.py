@@ -16,107 +16,23 @@ Usage: ``python -m parity.materialize [--force] [--check]``.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 import shutil
 import subprocess
 import sys
 import tarfile
 import tempfile
-import tomllib
-from dataclasses import dataclass, field
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-REF_DIR = ROOT / "ref_repositories"
-LOCK = REF_DIR / "refs.lock"
-
-
-class RefError(RuntimeError):
-    """A reference checkout is missing, or differs from the lock."""
-
-
-@dataclass(frozen=True)
-class RefSpec:
-    name: str
-    url: str
-    commit: str
-    archive: str
-    archive_sha256: str
-    manifest: str
-    absent_in_snapshot: tuple[str, ...] = field(default_factory=tuple)
-
-    @property
-    def path(self) -> Path:
-        return REF_DIR / self.name
-
-    def manifest_entries(self) -> dict[str, str]:
-        out: dict[str, str] = {}
-        mpath = REF_DIR / self.manifest
-        for n, line in enumerate(mpath.read_text().splitlines(), 1):
-            if not line.strip():
-                continue
-            digest, _, rel = line.partition("  ")
-            if len(digest) != 64 or not rel:
-                raise RefError(f"{mpath}:{n}: expected '<sha256>  <path>', got {line!r}")
-            out[rel] = digest
-        return out
+from reimpl import refs_lock
+from reimpl.paths import REF_DIR, ROOT, SHARED
+from reimpl.paths import REFS_LOCK as LOCK
+from reimpl.refs_lock import RefError, RefSpec, sha256_file, verify  # noqa: F401 - the harness's API
 
 
 def load_lock(path: Path | None = None) -> dict[str, RefSpec]:
-    path = path or LOCK
-    data = tomllib.loads(path.read_text())
-    specs = {}
-    for i, entry in enumerate(data.get("ref", [])):
-        missing = {"name", "url", "commit", "archive", "archive_sha256", "manifest"} - set(entry)
-        if missing:
-            raise RefError(f"{path}: [[ref]] entry {i} lacks field(s) {sorted(missing)}")
-        entry = dict(entry)
-        entry["absent_in_snapshot"] = tuple(entry.get("absent_in_snapshot", ()))
-        specs[entry["name"]] = RefSpec(**entry)
-    if not specs:
-        raise RefError(f"{path}: no [[ref]] entries")
-    return specs
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def verify(spec: RefSpec, path: Path | None = None) -> None:
-    """Raise RefError unless ``path`` holds exactly the pinned snapshot."""
-    path = path or spec.path
-    if not path.is_dir():
-        raise RefError(f"{path}: reference checkout missing; run `make refs`")
-    git_dir = path / ".git"
-    if git_dir.exists():
-        head = subprocess.run(["git", "-C", str(path), "rev-parse", "HEAD"], capture_output=True,
-                              text=True).stdout.strip()
-        if head != spec.commit:
-            raise RefError(f"{path}: git HEAD is {head or '?'}, lock pins {spec.commit}")
-    expected = spec.manifest_entries()
-    for rel, digest in expected.items():
-        f = path / rel
-        if not f.is_file():
-            raise RefError(f"{path}: file {rel} listed in {spec.manifest} is missing")
-        got = sha256_file(f)
-        if got != digest:
-            raise RefError(f"{path}: file {rel} has sha256 {got}, lock expects {digest} "
-                           "(edited reference file? run `make refs FORCE=1`)")
-    allowed = set(expected) | set(spec.absent_in_snapshot)
-    for f in path.rglob("*"):
-        if f.is_dir():
-            continue
-        rel = f.relative_to(path).as_posix()
-        if rel.startswith(".git/") or rel == ".git":
-            continue
-        if rel not in allowed:
-            raise RefError(f"{path}: unexpected file {rel} not in {spec.manifest} "
-                           "(written into the reference checkout?); run `make refs FORCE=1`")
+    """``reimpl.refs_lock.load_lock`` on this module's ``LOCK`` (tests point it at a synthetic lock)."""
+    return refs_lock.load_lock(path or LOCK)
 
 
 def _extract(spec: RefSpec, archive: Path, dest: Path) -> None:
@@ -149,7 +65,7 @@ def source_dir() -> Path | None:
         if not p.is_dir():
             raise RefError(f"REF_SOURCE={env} is not a directory")
         return p
-    shared = ROOT.parent / "shared" / "refs"
+    shared = SHARED / "refs"
     return shared if shared.is_dir() else None
 
 

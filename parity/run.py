@@ -24,8 +24,7 @@ from parity import golden as G
 from parity.case import Case, all_cases
 from parity.compare import Comparison, compare_outputs
 
-ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared"
+from reimpl.paths import ROOT, SHARED
 
 VERDICT_OK = "Reproduced"
 VERDICT_DEV = "Reproduced with declared deviation"

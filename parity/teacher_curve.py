@@ -67,7 +67,7 @@ from typing import Any
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
+from reimpl.paths import ROOT, RUNS
 SMOLLM2_CACHE = ROOT / "runs" / "cache" / "smollm2-hf"
 LLMS = ("smollm2", "tiny")
 GROUPS = ("projector", "router", "llm")

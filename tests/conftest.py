@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("RECPARITY_SHARED", ROOT.parent / "shared"))
+from reimpl.paths import SHARED
 
 sys.dont_write_bytecode = True  # never write bytecode next to reference files
 

@@ -16,7 +16,7 @@ import time
 import numpy as np
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from reimpl.paths import ROOT
 
 
 def _run(root: Path, report_dir: Path) -> subprocess.CompletedProcess:

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
+from reimpl.paths import ROOT
 
 
 def _free_port() -> int:

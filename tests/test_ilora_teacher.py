@@ -29,7 +29,7 @@ def _teacher(mode="faithful", dropout=0.1):
         warnings.simplefilter("ignore")
         torch.manual_seed(0)
         llm = LlamaForCausalLM.from_pretrained(str(d))
-        from parity.run import SHARED
+        from reimpl.paths import SHARED
         return build_teacher(llm, load_tiny_tokenizer(d), load_checkpoint(
             SHARED / "data/ilora/rec_model/lastfm.pt", mode=mode), TeacherConfig(mode=mode, lora_dropout=dropout))
 

@@ -7,13 +7,12 @@ import os
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 from parity import run as R
 
-ROOT = Path(__file__).resolve().parents[1]
+from reimpl.paths import ROOT
 
 
 def _normalize(text: str) -> str:

@@ -5,7 +5,6 @@ a case measures is declared; every golden file belongs to a case and was recorde
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import pytest
 
@@ -15,7 +14,7 @@ from parity.materialize import load_lock
 from parity.report import _resolve
 from reimpl.deviations import all_deviations
 
-ROOT = Path(__file__).resolve().parents[1]
+from reimpl.paths import ROOT
 CASES = all_cases()
 DEVS = all_deviations()
 

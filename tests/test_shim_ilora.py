@@ -16,7 +16,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from parity.materialize import ROOT
+from reimpl.paths import ROOT
 
 
 @pytest.fixture(scope="module")

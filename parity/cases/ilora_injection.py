@@ -18,20 +18,19 @@ in ``make_inputs`` and travel in the inputs, so ``run_reference`` overwrites the
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 
 from parity.case import Case, register
 
-ROOT = Path(__file__).resolve().parents[2]
+from reimpl.paths import SHARED
 SEED = 2024
 BATCH_KEYS = ("input_ids", "seq", "cans", "item_id", "len_seq", "len_cans")
 
 
 def _ckpt() -> Path:
-    shared = Path(os.environ.get("RECPARITY_SHARED", ROOT.parent / "shared"))
+    shared = SHARED
     return shared / "data" / "ilora" / "rec_model" / "lastfm.pt"
 
 

@@ -13,19 +13,18 @@ SASRecModules_ori.py:7-94, loaded through ``parity.refs.ilora()``; reimpl: reimp
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 
 from parity.case import Case, register
 
-ROOT = Path(__file__).resolve().parents[2]
+from reimpl.paths import SHARED
 SEED = 2024
 
 
 def _ckpt() -> Path:
-    shared = Path(os.environ.get("RECPARITY_SHARED", ROOT.parent / "shared"))
+    shared = SHARED
     return shared / "data" / "ilora" / "rec_model" / "lastfm.pt"
 
 

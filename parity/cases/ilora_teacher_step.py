@@ -32,7 +32,7 @@ def tiny_dir(seed: int = LLM_SEED):
 
 
 def rec_checkpoint():
-    from parity.run import SHARED
+    from reimpl.paths import SHARED
 
     p = SHARED / "data" / "ilora" / "rec_model" / "lastfm.pt"
     if not p.is_file():

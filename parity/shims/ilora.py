@@ -73,6 +73,7 @@ from pathlib import Path
 from typing import Any
 
 from parity.materialize import REF_DIR, RefError, load_lock, verify
+from reimpl.paths import SHARED, cache_dir
 
 REF_NAME = "iLoRA"
 PKG = "_recparity_ref_ilora"  # private package name the reference files load under
@@ -464,7 +465,7 @@ def lastfm_args(script: str = "train_lastfm.sh", **overrides: Any) -> argparse.N
     if tokens[:2] != ["python", "main.py"]:
         raise ValueError(f"{root / script}: expected 'python main.py ...', got {tokens[:2]}")
     args = _main_parser(root).parse_args(tokens[2:])
-    shared = Path(os.environ.get("RECPARITY_SHARED", REF_DIR.parent.parent / "shared"))
+    shared = SHARED
     args.data_dir = str(shared / "data" / "ilora" / "lastfm")
     args.prompt_path = str(root / args.prompt_path)
     args.rec_model_path = str(root / args.rec_model_path)
@@ -480,7 +481,7 @@ def _combined_dir(llm_path: Path, tokenizer_path: Path) -> Path:
     import hashlib
 
     key = hashlib.sha256(f"{llm_path.resolve()}|{tokenizer_path.resolve()}".encode()).hexdigest()[:16]
-    out = REF_DIR.parent / "cache" / f"ilora-llm-{key}"
+    out = cache_dir() / f"ilora-llm-{key}"
     out.mkdir(parents=True, exist_ok=True)
     for src in (tokenizer_path, llm_path):  # tokenizer files from tokenizer_path win over any in llm_path
         for f in src.iterdir():

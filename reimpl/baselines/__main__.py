@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from reimpl.baselines.config import PLANS
-from reimpl.baselines.data import ROOT
+from reimpl.paths import ROOT
 
 
 def main(argv: list[str] | None = None) -> int:

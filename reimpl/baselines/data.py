@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import asdict
 from pathlib import Path
 
@@ -27,8 +26,7 @@ import numpy as np
 
 from reimpl.baselines.config import DatasetSpec
 
-ROOT = Path(__file__).resolve().parents[2]
-SHARED = Path(os.environ.get("RECPARITY_SHARED", ROOT.parent / "shared"))
+from reimpl.paths import SHARED
 
 
 def sha256(path: Path) -> str:

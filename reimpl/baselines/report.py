@@ -15,7 +15,7 @@ import numpy as np
 
 from reimpl.baselines import stats
 from reimpl.baselines.config import Plan
-from reimpl.baselines.data import ROOT
+from reimpl.paths import ROOT
 from reimpl.baselines.runner import load_results
 
 SIDE_LABEL = {"reference": "reference (main.py)", "faithful": "reimpl faithful", "fixed": "reimpl fixed"}

@@ -32,7 +32,8 @@ from pathlib import Path
 import numpy as np
 
 from reimpl.baselines.config import Plan, RunSpec
-from reimpl.baselines.data import ROOT, prepare
+from reimpl.baselines.data import prepare
+from reimpl.paths import ROOT
 
 TOPK = (1, 5, 10, 20)
 PRINT_TOL = 5.1e-7  # main.py:256 prints with {:.6f}
@@ -137,7 +138,7 @@ def versions() -> dict:
     import scipy
     import torch
 
-    from parity.materialize import load_lock
+    from reimpl.refs_lock import load_lock
 
     out = {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
            "pandas": pandas.__version__, "scipy": scipy.__version__, "platform": platform.platform()}
@@ -177,7 +178,7 @@ def code_version() -> dict:
 
 def reference_available() -> str | None:
     """None when the verified DLLM2Rec checkout exists, else the reason."""
-    from parity.materialize import RefError, load_lock, verify
+    from reimpl.refs_lock import RefError, load_lock, verify
 
     try:
         verify(load_lock()["DLLM2Rec"])

@@ -35,7 +35,7 @@ from typing import Sequence
 
 import numpy as np
 
-from reimpl.baselines.data import ROOT, SHARED
+from reimpl.paths import ROOT, SHARED
 
 
 @dataclass(frozen=True)

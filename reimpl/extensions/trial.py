@@ -56,7 +56,7 @@ from reimpl.dllm2rec.train import DLLM2RecData, load_data, train
 from reimpl.extensions.cdr import CDRConfig, run_cdr, selected
 from reimpl.extensions.hooks import repr_width, ExtConfig, build_hooks
 
-ROOT = Path(__file__).resolve().parents[2]
+from reimpl.paths import ROOT, SHARED
 TEMPLATE = Path(__file__).with_name("templates") / "extensions.md.j2"
 METRICS = ("ndcg@10", "hr@10", "mrr", "ece")
 IDENTICAL_TOL = 1e-12   # |loss, hr, ndcg, mrr| per epoch, arm vs baseline run
@@ -656,7 +656,6 @@ def run_trial(a: argparse.Namespace, *, plan=None, rdr_model=None, rdr_tokenizer
     """The whole trial (module docstring); ``plan``/``rdr_*``/``encoder`` are injectable for tests.
     Returns the results dict also written to ``--results``."""
     from reimpl.baselines.config import PLANS
-    from reimpl.baselines.data import SHARED
 
     log = log or (lambda m: print(m, file=sys.stderr, flush=True))
     torch.set_num_threads(a.threads)

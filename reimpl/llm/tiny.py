@@ -28,7 +28,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+from reimpl.paths import SHARED
+from reimpl.paths import cache_dir as _cache_root
 ILORA_SPECIAL_TOKENS = ("[PH]", "[HistoryEmb]", "[CansEmb]", "[ItemEmb]")  # model_interface.py:317
 ILORA_PAD_TOKEN = "[PAD]"  # model_interface.py:315
 
@@ -48,7 +49,7 @@ def _offline() -> None:
 
 def cache_dir() -> Path:
     """``cache/`` at the repo root (git-ignored); ``RECPARITY_CACHE`` overrides."""
-    d = Path(os.environ.get("RECPARITY_CACHE", ROOT / "cache"))
+    d = _cache_root()
     d.mkdir(parents=True, exist_ok=True)
     return d
 
@@ -116,8 +117,7 @@ def default_corpus(shared_dir: str | Path | None = None, prompt_files: Sequence[
     synthetic list) + the lines of ``prompt_files`` (e.g. the reference's prompt/artist.txt) + one
     built-in prompt-like sentence so the prompt vocabulary is covered even without prompt files."""
     lines: list[str] = []
-    shared = Path(shared_dir) if shared_dir is not None else Path(
-        os.environ.get("RECPARITY_SHARED", ROOT.parent / "shared"))
+    shared = Path(shared_dir) if shared_dir is not None else SHARED
     titles = shared / "data" / "ilora" / "lastfm" / "id2name.txt"
     if titles.is_file():
         for n, raw in enumerate(titles.read_text(encoding="utf-8").splitlines(), 1):
