@@ -126,3 +126,52 @@ register(Case(
     dtype="float64", run_reference=run_reference_compose, run_reimpl=run_reimpl_compose,
     deviations=["DLLM2REC-RD-NEG-TERM", "DLLM2REC-RD-DRO-BROADCAST", "DLLM2REC-DRO-OVERFLOW"],
     description="Total loss for (alpha, lam) in " + str(SETTINGS) + ".", **COMMON))
+
+
+# ---- float32 scores, with the gradient ------------------------------------------------------------
+
+def _f32_outputs(loss_fn, inputs: dict) -> dict:
+    """Loss and d loss / d scores for float32 scores (the students' dtype); the scores are cast from the
+    float64 inputs, so they are the same bits on every machine."""
+    out = {}
+    for a in (1.0, 0.0):
+        o = torch.as_tensor(inputs["model_output"]).float().requires_grad_(True)
+        loss = loss_fn(o, a)
+        loss.backward()
+        out[f"loss_all_rd.alpha{a}"] = loss.detach().numpy()
+        out[f"grad.alpha{a}"] = o.grad.numpy()
+    return out
+
+
+def run_reference_loss_f32(inputs: dict) -> dict:
+    r = C.ref()
+    return _f32_outputs(lambda o, a: r.ranking_distill(
+        args=r.default_args(batch_size=o.size(0), alpha=a, lam=0.8, candidate_topk=inputs["K"]),
+        device=torch.device("cpu"), model_output=o, target_neg=torch.as_tensor(inputs["target_neg"]),
+        ps=C.ref_ps(r, inputs), sample=pd.Index(inputs["sample"]),
+        all_candidate=torch.LongTensor(inputs["all_candidate"]),
+        llm_confidence=torch.tensor(inputs["llm_confidence"], dtype=torch.float),
+        loss_all=torch.tensor(0.0))["loss_all_rd"], inputs)
+
+
+def run_reimpl_loss_f32(inputs: dict, mode: str) -> dict:
+    from reimpl.dllm2rec.losses import rd_loss
+    from reimpl.dllm2rec.weights import rd_weights
+
+    idx, K = torch.as_tensor(inputs["sample"]), inputs["K"]
+    cand = torch.as_tensor(inputs["all_candidate"])[idx][:, :K]
+    conf = torch.as_tensor(inputs["llm_confidence"]).float()[idx][:, :K]
+    neg, ps = torch.as_tensor(inputs["target_neg"]), C.ps_tensor(inputs)
+    return _f32_outputs(lambda o, a: rd_loss(o, cand, neg, rd_weights(o, cand, conf).weight, ps, a, 1.0, mode),
+                        inputs)
+
+
+register(Case(
+    name="dllm2rec.rd_loss_f32", component="ranking_distillation",
+    title="Ranking-distillation loss and its gradient on float32 scores",
+    ref_lines=["main.py:461-485"], reimpl_symbol="reimpl/dllm2rec/losses.py:rd_loss", dtype="float32",
+    run_reference=run_reference_loss_f32, run_reimpl=run_reimpl_loss_f32,
+    deviations=["DLLM2REC-RD-NEG-TERM", "DLLM2REC-RD-DRO-BROADCAST", "DLLM2REC-FIXED-OP-ORDER"],
+    description="The students' dtype. faithful builds the reference's graph candidate by candidate ([B, 1] "
+                "means, o*o*ps rebuilt per DRO term), which a [B, K] column mean does not reproduce in "
+                "float32; the gradient with respect to the scores is compared too.", **COMMON))

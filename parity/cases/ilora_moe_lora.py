@@ -24,6 +24,7 @@ import warnings
 import numpy as np
 
 from parity.case import Case, register
+from parity.cases.inputs import simplex
 
 SEED = 2024
 IN, OUT, R, E, ALPHA, DROP = 16, 24, 8, 4, 32, 0.25
@@ -64,17 +65,12 @@ def _weights(rng: np.random.Generator, r: int = R, e: int = E) -> dict:
             "w.gating.default.linear_layer.weight": rng.normal(0, 0.3, (e, 64))}
 
 
-def _softmax(z: np.ndarray) -> np.ndarray:
-    z = np.exp(z - z.max(axis=-1, keepdims=True))
-    return z / z.sum(axis=-1, keepdims=True)
-
-
 # ---------------------------------------------------------------------------------------- one layer
 def make_inputs_linear(seed: int) -> dict:
     rng = np.random.default_rng(seed)
     b, l = 3, 5
-    return {"x": rng.normal(0, 1, (b, l, IN)), "gate": _softmax(rng.normal(0, 1.5, (b, E))),
-            "x1": rng.normal(0, 1, (1, 2, IN)), "gate1": _softmax(rng.normal(0, 1.5, (1, E))),
+    return {"x": rng.normal(0, 1, (b, l, IN)), "gate": simplex(rng, (b, E)),
+            "x1": rng.normal(0, 1, (1, 2, IN)), "gate1": simplex(rng, (1, E)),
             "probe": rng.normal(0, 1, (b, l, OUT)), "torch_seed": seed, **_weights(rng)}
 
 
@@ -98,13 +94,14 @@ def _run_linear(layer, call, inputs: dict) -> dict:
     return out
 
 
-def _ref_layer_and_call(inputs: dict):
+def _ref_layer_and_call(inputs: dict, dtype: str = "float64"):
     """The reference layer (weights from the inputs) and ``call(x, gate)``, which hands the gate to it the
     way MoeLoraModel.forward does: through the shared list the layer reads."""
     import parity.refs
 
     gl: list = []
-    layer = _ref_linear(parity.refs.ilora(), gl).double()
+    layer = _ref_linear(parity.refs.ilora(), gl)
+    layer = layer.double() if dtype == "float64" else layer
     _load(layer, inputs, reference=True)
 
     def call(x, g):
@@ -141,12 +138,71 @@ register(Case(
 ))
 
 
+# ------------------------------------------------------------------------------------ float32 layer
+SHAPES_F32 = [(3, 5), (1, 2), (2, 7), (1, 1)]  # (B, L): B = 1 twice, L = 1 once
+
+
+def make_inputs_linear_f32(seed: int) -> dict:
+    rng = np.random.default_rng(seed + 5)
+    out = {"torch_seed": seed}
+    for i, (b, l) in enumerate(SHAPES_F32):
+        out[f"x{i}"] = rng.normal(0, 1, (b, l, IN)).astype(np.float32)
+        out[f"gate{i}"] = simplex(rng, (b, E)).astype(np.float32)
+    out["probe"] = rng.normal(0, 1, (*SHAPES_F32[0], OUT)).astype(np.float32)
+    out.update({k: v.astype(np.float32) for k, v in _weights(rng).items()})  # lora_B non-zero
+    return out
+
+
+def _run_linear_f32(layer, call, inputs: dict) -> dict:
+    import torch
+
+    out = {}
+    layer.eval()
+    with torch.no_grad():
+        for i in range(len(SHAPES_F32)):
+            out[f"eval.y{i}"] = call(torch.as_tensor(inputs[f"x{i}"]), torch.as_tensor(inputs[f"gate{i}"]))
+    layer.train()
+    torch.manual_seed(inputs["torch_seed"])
+    y = call(torch.as_tensor(inputs["x0"]), torch.as_tensor(inputs["gate0"]))
+    out["train.y"] = y.detach().clone()
+    (y * torch.as_tensor(inputs["probe"])).sum().backward()
+    for name in ("lora_A", "lora_B"):
+        out[f"train.grad.{name}"] = getattr(layer, name)["default"].weight.grad.clone()
+    return out
+
+
+def run_reference_linear_f32(inputs: dict) -> dict:
+    layer, call = _ref_layer_and_call(inputs, dtype="float32")
+    return _run_linear_f32(layer, call, inputs)
+
+
+def run_reimpl_linear_f32(inputs: dict, mode: str) -> dict:
+    layer = _reimpl_linear(mode)
+    _load(layer, inputs, reference=False)
+    return _run_linear_f32(layer, lambda x, g: layer(x, g), inputs)
+
+
+register(Case(
+    name="ilora.moe_lora_linear_f32", system="iLoRA", component="moe_lora",
+    title="MoE-LoRA Linear in float32 (the dtype training runs in): 4 shapes incl. B=1, non-zero lora_B, "
+          "train dropout, LoRA gradients",
+    ref_lines=["model/peft/tuners/moelora.py:750-753", "model/peft/tuners/moelora.py:755-799"],
+    reimpl_symbol="reimpl/ilora/moe_lora.py:MoeLoraLinear._delta",
+    seed=SEED, dtype="float32",
+    make_inputs=make_inputs_linear_f32, run_reference=run_reference_linear_f32,
+    run_reimpl=run_reimpl_linear_f32, deviations=["ILORA-MOELORA-MIX-ORDER"],
+    description="The reference applies lora_B to every expert (einsum over [E, r/E, out], calculate_B) and "
+                "then sums the experts under the gate; in float32 that rounds differently from mixing the "
+                "experts before lora_B, so faithful keeps the reference's order and fixed mixes first.",
+))
+
+
 # -------------------------------------------------------------------------------------------- merge
 def make_inputs_merge(seed: int) -> dict:
     rng = np.random.default_rng(seed + 1)
     b, l = 2, 4
-    return {"x": rng.normal(0, 1, (b, l, IN)), "gate": _softmax(rng.normal(0, 1.5, (b, E))),
-            "merge_gate": _softmax(rng.normal(0, 1.5, (E,))), **_weights(rng)}
+    return {"x": rng.normal(0, 1, (b, l, IN)), "gate": simplex(rng, (b, E)),
+            "merge_gate": simplex(rng, (E,)), **_weights(rng)}
 
 
 def _run_merge(layer, call, merge, inputs: dict) -> dict:
@@ -197,8 +253,8 @@ register(Case(
 def make_inputs_error(seed: int) -> dict:
     rng = np.random.default_rng(seed + 2)
     b, l = 2, 3
-    return {"x": rng.normal(0, 1, (b, l, IN)), "gate": _softmax(rng.normal(0, 1, (b, E))),
-            "gate_b3": _softmax(rng.normal(0, 1, (3, E))), "gate_e3": _softmax(rng.normal(0, 1, (b, 3))),
+    return {"x": rng.normal(0, 1, (b, l, IN)), "gate": simplex(rng, (b, E)),
+            "gate_b3": simplex(rng, (3, E)), "gate_e3": simplex(rng, (b, 3)),
             "r6.w.weight": rng.normal(0, 0.3, (OUT, IN)), "r6.w.bias": rng.normal(0, 0.3, (OUT,)),
             "r6.w.lora_A.default.weight": rng.normal(0, 0.3, (6, IN)),
             "r6.w.lora_B.default.weight": rng.normal(0, 0.3, (OUT, 6)),
@@ -291,7 +347,7 @@ def make_inputs_llama(seed: int) -> dict:
     mask[2, 3:] = 0
     labels = np.where(mask == 1, ids, -100)
     inp = {"input_ids": ids.astype(np.int64), "attention_mask": mask, "labels": labels.astype(np.int64),
-           "gate": _softmax(rng.normal(0, 1.5, (b, E))), "user_embeds": rng.normal(0, 1, (b, 1, 64)),
+           "gate": simplex(rng, (b, E)), "user_embeds": rng.normal(0, 1, (b, 1, 64)),
            "torch_seed": seed, "init_seed": seed + 7}
     for k, v in _tiny_llama().state_dict().items():   # base weights travel in the inputs
         inp[f"base.{k}"] = v.double().numpy()

@@ -104,3 +104,14 @@ declare(Deviation(
     why="test-set model selection: reported test metrics are optimistically biased",
     fixed="select and early-stop on VAL NDCG@20; report TEST at the best validation epoch",
     effect_note="measured on whole runs (baseline report), not by a parity case"))
+
+declare(Deviation(
+    id="DLLM2REC-FIXED-OP-ORDER", system=S, ref="main.py:419-428, 461-485",
+    what="the loss is built one [B, 1] candidate at a time: per candidate two gathers, a [B, 1] mean, and "
+         "the DRO term recomputing o*o*ps over [B, I] (twice) and (o-1)*(o-1)*ps; each branch's float64 "
+         "gradient is rounded to float32 before the branches are summed",
+    why="faithful replays this graph so that float32 losses and gradients equal the reference's bit for "
+        "bit; it costs K + 1 passes over [B, I]",
+    fixed="all K candidates as one [B, K] tensor (column means), o*o*ps computed once and gathered, the "
+          "DRO sum in log-sum-exp form: the same quantities, rounded differently (float32 ~1 ulp)",
+    case="dllm2rec.rd_loss_f32"))

@@ -110,12 +110,13 @@ def _div(x: torch.Tensor, beta: float) -> torch.Tensor:
     return x if beta == 1.0 else x / beta
 
 
-def _dro_terms(model_output: torch.Tensor, idx: torch.Tensor, ps: torch.Tensor, beta: float,
-               mode: str) -> torch.Tensor:
-    """``log(sum_j e^{a_j} - e^{a_t} + e^{b_t})`` for every column ``t`` of ``idx`` ``[B, K]`` -> ``[B, K]``.
+def _dro_terms(model_output: torch.Tensor, idx: torch.Tensor, ps: torch.Tensor, beta: float
+               ) -> torch.Tensor:
+    """fixed mode: ``log(sum_j e^{a_j} - e^{a_t} + e^{b_t})`` for every column ``t`` of ``idx`` ``[B, K]``
+    -> ``[B, K]``, computed without overflow.
 
     ``a = o*o*ps / beta``, ``b = (o-1)*(o-1)*ps / beta``. The squares are taken in the scores' dtype and
-    then multiplied by ``ps`` (float64 promotes), the reference's order (main.py:421-428).
+    then multiplied by ``ps`` (float64 promotes), as main.py:421-428 does.
     Only ``a`` is needed over all items; ``b`` only at ``idx``, so it is computed on the gathered scores
     (the same elementwise operations, hence the same values, without the reference's ``[B, I]`` pass).
     The scores are gathered twice on purpose: the reference's ``(o - 1) * (o - 1)`` evaluates ``o - 1``
@@ -131,10 +132,7 @@ def _dro_terms(model_output: torch.Tensor, idx: torch.Tensor, ps: torch.Tensor, 
     b_t = torch.mul(((torch.gather(model_output, 1, idx) - 1) * (torch.gather(model_output, 1, idx) - 1)
                      ).to(dt), ps.to(dt)[idx])  # [B, K]
     a_t = torch.gather(a, 1, idx)
-    if mode == "faithful":
-        total = torch.sum(torch.exp(_div(a, beta)), 1, keepdim=True)  # [B, 1]; overflows for large |o|
-        return torch.log(total - torch.exp(_div(a_t, beta)) + torch.exp(_div(b_t, beta)) + DRO_EPS)
-    # fixed: the same sum, shifted by its max so it never overflows (DLLM2REC-DRO-OVERFLOW)
+    # the same sum, shifted by its max so it never overflows (DLLM2REC-DRO-OVERFLOW)
     a, a_t, b_t = _div(a, beta), _div(a_t, beta), _div(b_t, beta)
     m_a = a.amax(1, keepdim=True)  # [B, 1]
     s = torch.exp(a - m_a).sum(1, keepdim=True)
@@ -143,18 +141,66 @@ def _dro_terms(model_output: torch.Tensor, idx: torch.Tensor, ps: torch.Tensor, 
     return m + torch.log(inner.clamp_min(torch.finfo(inner.dtype).tiny))
 
 
+def _dro_faithful(model_output: torch.Tensor, col: torch.Tensor, ps: torch.Tensor, beta: float
+                  ) -> torch.Tensor:
+    """Faithful DROS term ``[B]`` for one column ``col`` ``[B, 1]`` of positives, op for op as
+    main.py:420-428 (and :474-481 per candidate).
+
+    The reference builds ``o*o*ps`` twice and ``o - 1`` twice: four separate branches of the autograd
+    graph from ``o``, each cast float64 -> float32 on the way back when the scores are float32. Building
+    the same nodes in the same order keeps the float32 gradient of ``o`` bit for bit the reference's
+    (a shared ``o*o*ps`` sums the branches in float64 first and rounds once).
+    """
+    a_t = torch.gather(torch.mul(model_output * model_output, ps), 1, col).squeeze(1)
+    b_t = torch.gather(torch.mul((model_output - 1) * (model_output - 1), ps), 1, col).squeeze(1)
+    total = torch.sum(torch.exp(_div(torch.mul(model_output * model_output, ps), beta)), 1)
+    return torch.log(total - torch.exp(_div(a_t, beta)) + torch.exp(_div(b_t, beta)) + DRO_EPS)
+
+
 def dro_loss(model_output: torch.Tensor, target: torch.Tensor, ps: torch.Tensor, beta: float = 1.0,
              mode: str = "faithful") -> torch.Tensor:
-    """Per-row DROS loss ``[B]`` (float64 when ``ps`` is float64). target: ``[B]`` long."""
+    """Per-row DROS loss ``[B]`` (float64 when ``ps`` is float64). target: ``[B]`` long.
+
+    faithful: the reference's operations (:func:`_dro_faithful`); fixed: the overflow-safe form of
+    :func:`_dro_terms` (DLLM2REC-DRO-OVERFLOW), in its own order (DLLM2REC-FIXED-OP-ORDER).
+    """
     check_mode(mode)
+    _check_scores("dro_loss", model_output)
     B = model_output.size(0)
-    return _dro_terms(model_output, target.view(B, 1), ps, beta, mode)[:, 0]
+    if mode == "faithful":
+        if ps.dim() != 1 or ps.numel() != model_output.size(1):
+            raise ValueError(f"dro_loss: ps must be [I={model_output.size(1)}], got {tuple(ps.shape)}")
+        return _dro_faithful(model_output, target.view(B, 1), ps, beta)
+    return _dro_terms(model_output, target.view(B, 1), ps, beta)[:, 0]
+
+
+def _rd_faithful(model_output: torch.Tensor, candidates: torch.Tensor, target_neg: torch.Tensor,
+                 weight: torch.Tensor, ps: torch.Tensor | None, alpha: float, beta: float) -> torch.Tensor:
+    """main.py:461-485 op for op: one pass per candidate, each with its own gathers, ``[B, 1]`` terms
+    and means (a ``[B, 1]`` mean and a column mean of ``[B, K]`` round differently in float32), the
+    DRO term ``mean([B, 1] * [B])`` over the broadcast ``[B, B]`` (DLLM2REC-RD-DRO-BROADCAST) and
+    ``log(sigmoid(1 - s_neg))`` (DLLM2REC-RD-NEG-TERM); the scalars are summed in candidate order."""
+    B, K = candidates.shape
+    ones = torch.ones((B, 1), device=model_output.device)  # main.py:468-469: labels 1 and 0, float32
+    zeros = torch.zeros((B, 1), device=model_output.device)
+    total = None
+    for k in range(K):
+        col = candidates[:, k:k + 1]  # [B, 1]
+        pos = torch.gather(model_output, 1, col)
+        neg = torch.gather(model_output, 1, target_neg)
+        bce = -(ones * torch.log(torch.sigmoid(pos)) + (1 - zeros) * torch.log(torch.sigmoid(1 - neg)))
+        w = weight[:, k:k + 1]
+        term = (w * bce).mean()
+        if alpha != 0:
+            term = term + alpha * (w * _dro_faithful(model_output, col, ps, beta)).mean()  # [B,1]*[B] -> [B,B]
+        total = term if total is None else total + term
+    return total
 
 
 def rd_loss(model_output: torch.Tensor, candidates: torch.Tensor, target_neg: torch.Tensor,
             weight: torch.Tensor, ps: torch.Tensor | None = None, alpha: float = 1.0,
             beta: float = 1.0, mode: str = "faithful") -> torch.Tensor:
-    """Importance-weighted ranking distillation, all ``K`` teacher candidates as positives at once.
+    """Importance-weighted ranking distillation over the ``K`` teacher candidates as positives.
 
     model_output ``[B, I]``; candidates ``[B, K]`` long; target_neg ``[B, 1]`` long (the batch's
     sampled negative, shared by every candidate); weight ``[B, K]``; ps ``[I]`` (used iff alpha != 0).
@@ -163,30 +209,30 @@ def rd_loss(model_output: torch.Tensor, candidates: torch.Tensor, target_neg: to
     broadcasts to ``[B, B]``; DLLM2REC-RD-DRO-BROADCAST) and, fixed, ``D_k = mean_b(w_bk * dro_bk)``.
     The negative term is ``log(sigmoid(1 - s_neg))`` faithful (main.py:470) and
     ``log(sigmoid(-s_neg)) = log(1 - sigmoid(s_neg))`` fixed (DLLM2REC-RD-NEG-TERM).
+    faithful follows the reference's operation order (:func:`_rd_faithful`); fixed computes all K
+    candidates as one ``[B, K]`` tensor (DLLM2REC-FIXED-OP-ORDER).
     """
     check_mode(mode)
     _check_scores("rd_loss", model_output)
     B, K = candidates.shape
     if weight.shape != (B, K):
         raise ValueError(f"rd_loss: weight must be [B, K] = [{B}, {K}], got {tuple(weight.shape)}")
+    if alpha != 0 and ps is None:
+        raise ValueError("rd_loss: alpha != 0 needs the propensity scores ps [I]")
+    if alpha != 0 and (ps.dim() != 1 or ps.numel() != model_output.size(1)):
+        raise ValueError(f"rd_loss: ps must be [I={model_output.size(1)}], got {tuple(ps.shape)}")
+    if K == 0:
+        raise ValueError("rd_loss: no candidates (K = 0); the reference adds nothing and keeps the int 0")
+    if mode == "faithful":
+        return _rd_faithful(model_output, candidates, target_neg.view(B, 1), weight, ps, alpha, beta)
     pos = torch.gather(model_output, 1, candidates)  # [B, K]
     neg = torch.gather(model_output, 1, target_neg.view(B, 1))  # [B, 1]
-    if mode == "faithful":
-        bce = -(torch.log(torch.sigmoid(pos)) + torch.log(torch.sigmoid(1 - neg)))
-    else:
-        bce = -(F.logsigmoid(pos) + F.logsigmoid(-neg))
+    bce = -(F.logsigmoid(pos) + F.logsigmoid(-neg))
     per_k = (weight * bce).mean(0)  # [K]
     if alpha != 0:
-        if ps is None:
-            raise ValueError("rd_loss: alpha != 0 needs the propensity scores ps [I]")
-        dro = _dro_terms(model_output, candidates, ps, beta, mode)  # [B, K]
-        if mode == "faithful":
-            d_k = weight.to(dro.dtype).mean(0) * dro.mean(0)
-        else:
-            d_k = (weight * dro).mean(0)
-        per_k = per_k + alpha * d_k
+        per_k = per_k + alpha * (weight * _dro_terms(model_output, candidates, ps, beta)).mean(0)
     total = per_k[0]
-    for k in range(1, K):  # K scalars, summed in the reference's order
+    for k in range(1, K):  # K scalars, summed in candidate order
         total = total + per_k[k]
     return total
 

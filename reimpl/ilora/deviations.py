@@ -127,3 +127,15 @@ declare(Deviation(
     effect_note="Error path only; faithful truncation measured against the reference by the parity case "
                 "ilora.injection_mismatch.",
 ))
+
+declare(Deviation(
+    id="ILORA-MOELORA-MIX-ORDER", system=SYSTEM,
+    ref="model/peft/tuners/moelora.py:750-753,783",
+    what="lora_B is applied to every expert separately (einsum of A_out [B, L, E, r/E] with lora_B reshaped "
+         "to [E, r/E, out]) and the E outputs [B, L, E, out] are then summed under the gate.",
+    why="E times the lora_B work and an [B, L, E, out] intermediate; faithful keeps the order because in "
+        "float32 it rounds differently from the algebraically equal mix-first form.",
+    fixed="The gate scales the expert blocks of A x first and one lora_B matmul follows: "
+          "sum_e g_e B_e (A_e x) = B (g (.) A x); equal up to float rounding.",
+    case="ilora.moe_lora_linear_f32",
+))

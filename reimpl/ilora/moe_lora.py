@@ -217,8 +217,14 @@ class MoeLoraLinear(nn.Module):
         a_out = a_w(self.lora_dropout[self.adapter](x)).reshape(b, l, self.num_moe, -1)   # [B, L, E, r/E]
         if gate.dim() == 2:
             gate = gate.unsqueeze(1)                                                       # [B, 1, E]
-        # broadcasting as the reference's (B_out * gate[..., None]).sum(-2), moelora.py:783,
-        # with the expert mix applied before lora_B: sum_e g_e B_e (A_e x) = B (g (.) A x)
+        if self.cfg.mode == "faithful":
+            # moelora.py:750-753, :783: lora_B per expert, then the gated sum over experts; in float32
+            # this order rounds differently from mixing first, so faithful keeps it
+            w = b_w.weight.t().reshape(self.num_moe, a_out.size(-1), -1)                   # [E, r/E, out]
+            b_out = torch.einsum("blek,eko->bleo", a_out, w)                               # [B, L, E, out]
+            return (b_out * gate.unsqueeze(-1)).sum(dim=-2) * self.scaling
+        # fixed: the expert mix before lora_B, sum_e g_e B_e (A_e x) = B (g (.) A x): one [r, out]
+        # matmul instead of E (ILORA-MOELORA-MIX-ORDER)
         mixed = (a_out * gate.unsqueeze(-1)).reshape(b, l, -1)                            # [B, L, r]
         return b_w(mixed) * self.scaling
 
