@@ -1,4 +1,4 @@
-"""Baseline orchestration units: rank metrics, reference stdout parsing, selection replay, statistics,
+"""Baseline orchestration units: reference stdout parsing, selection replay, statistics,
 plans, the seed bridge of the reference-run shim, and report rendering from a partial results cache."""
 
 from __future__ import annotations
@@ -15,30 +15,8 @@ from hypothesis import strategies as st
 
 from reimpl.baselines import stats
 from reimpl.baselines.config import FULL, QUICK, DatasetSpec, Plan, RunSpec
-from reimpl.baselines.runner import (metrics_from_ranks, normalize_reference, parse_reference_stdout,
-                                     student_argv)
-
-
-# --- rank metrics ---------------------------------------------------------------------------------
-
-@settings(max_examples=40, deadline=None)
-@given(st.lists(st.integers(1, 60), min_size=1, max_size=40))
-def test_metrics_from_ranks_match_reimpl_evaluate(ranks):
-    from reimpl.dllm2rec.evaluate import metrics_from_ranks as reimpl_metrics
-
-    a = metrics_from_ranks(ranks)
-    b = reimpl_metrics(np.asarray(ranks, dtype=np.int64))
-    np.testing.assert_allclose(a["hr"], b["hr"], rtol=0, atol=1e-12)
-    np.testing.assert_allclose(a["ndcg"], b["ndcg"], rtol=0, atol=1e-12)
-    assert abs(a["mrr"] - b["mrr"]) < 1e-12
-
-
-def test_metrics_from_ranks_fixed_case():
-    m = metrics_from_ranks([1, 3, 30, -1])  # -1: target not an item id, never a hit
-    assert m["hr"] == [0.25, 0.5, 0.5, 0.5] and m["n"] == 4
-    assert m["ndcg"][0] == pytest.approx(0.25)
-    assert m["ndcg"][1] == pytest.approx((1 + 1 / math.log2(4)) / 4)
-    assert m["mrr"] == pytest.approx((1 + 1 / 3 + 1 / 30) / 4)
+from reimpl.baselines.runner import normalize_reference, parse_reference_stdout, student_argv
+from reimpl.metrics import rank_metrics
 
 
 # --- reference stdout (format of main.py:497-517, synthetic values) --------------------------------
@@ -60,15 +38,15 @@ def _printed(m):
 
 def test_parse_and_normalize_reference_output():
     rv, rt = [[1, 5, 40, 2], [3, 3, 9, 100]], [[2, 2, 2, 2], [1, 50, 60, 7]]
-    stdout = _fake_stdout([(0.5, 12.5, _printed(metrics_from_ranks(rv[0])), _printed(metrics_from_ranks(rt[0]))),
-                           (0.25, 11.0, _printed(metrics_from_ranks(rv[1])), _printed(metrics_from_ranks(rt[1])))])
+    stdout = _fake_stdout([(0.5, 12.5, _printed(rank_metrics(rv[0])), _printed(rank_metrics(rt[0]))),
+                           (0.25, 11.0, _printed(rank_metrics(rv[1])), _printed(rank_metrics(rt[1])))])
     parsed = parse_reference_stdout(stdout)
     assert [e["epoch"] for e in parsed] == [1, 2] and parsed[1]["train_s"] == 11.0
     capture = {"evals": [{"split": s, "epoch": e + 1, "ranks": r}
                          for e in range(2) for s, r in (("val", rv[e]), ("test", rt[e]))]}
     hist, worst = normalize_reference(stdout, capture)
     assert worst <= 5.1e-7
-    assert hist[1]["test"]["mrr"] == pytest.approx(metrics_from_ranks(rt[1])["mrr"])
+    assert hist[1]["test"]["mrr"] == pytest.approx(rank_metrics(rt[1])["mrr"])
     # a capture that does not match the printed numbers is refused, not averaged away
     capture["evals"][3]["ranks"] = [1, 1, 1, 1]
     with pytest.raises(ValueError, match="printed values"):

@@ -1,4 +1,4 @@
-"""reimpl/extensions/metrics.py: ranking metrics and expected calibration error."""
+"""reimpl/metrics.py (one-cutoff ranking metrics, expected calibration error) and reimpl/extensions/metrics.py."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
-from reimpl.extensions.metrics import (evaluate_student, expected_calibration_error, ranking_metrics,
-                                       reliability_bins, top1_confidence)
+from reimpl.extensions.metrics import evaluate_student
+from reimpl.metrics import expected_calibration_error, ranking_metrics, reliability_bins, top1_confidence
 
 
 def test_ranking_metrics_fixed_case():
@@ -16,8 +16,7 @@ def test_ranking_metrics_fixed_case():
     assert m["hr@10"] == pytest.approx(3 / 4)
     assert m["ndcg@10"] == pytest.approx((1 + 1 / np.log2(3) + 1 / np.log2(5)) / 4)
     assert m["mrr"] == pytest.approx((1 + 0.5 + 1 / 11 + 0.25) / 4)
-    with pytest.raises(ValueError, match="1-based"):
-        ranking_metrics(np.array([0, 1]))
+    assert ranking_metrics(np.array([0, 1]), k=10) == {"ndcg@10": 0.5, "hr@10": 0.5, "mrr": 0.5}  # 0: unrankable
     with pytest.raises(ValueError, match="non-empty"):
         ranking_metrics(np.array([]))
 

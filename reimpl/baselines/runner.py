@@ -33,9 +33,8 @@ import numpy as np
 
 from reimpl.baselines.config import Plan, RunSpec
 from reimpl.baselines.data import prepare
+from reimpl.metrics import rank_metrics
 from reimpl.paths import ROOT
-
-TOPK = (1, 5, 10, 20)
 PRINT_TOL = 5.1e-7  # main.py:256 prints with {:.6f}
 
 
@@ -67,17 +66,6 @@ def command(spec: RunSpec, workdir: Path, run_dir: Path) -> list[str]:
     return [python_exe(), "-m", "reimpl.dllm2rec.train", "--data-dir", str(workdir), *student_argv(spec),
             "--mode", spec.side, "--seed", str(spec.seed), "--out", str(run_dir / "metrics.json"),
             "--checkpoint", str(run_dir / "ckpt.pt"), "--resume", "--no-progress"]
-
-
-def metrics_from_ranks(ranks) -> dict:
-    """``{"hr": [4], "ndcg": [4], "mrr", "n"}`` from 1-based ranks (<= 0: target not an item id)."""
-    r = np.asarray(ranks, dtype=np.float64)
-    ok = r > 0
-    hr = [float(np.mean(ok & (r <= k))) for k in TOPK]
-    ndcg = [float(np.mean(np.where(ok & (r <= k), 1.0 / np.log2(np.where(ok, r, 1.0) + 1.0), 0.0)))
-            for k in TOPK]
-    mrr = float(np.mean(np.where(ok, 1.0 / np.where(ok, r, 1.0), 0.0)))
-    return {"hr": hr, "ndcg": ndcg, "mrr": mrr, "n": int(len(r))}
 
 
 _LOSS = re.compile(r"^the loss in (\d+)th step is: (\S+), train this epoch cost (\S+) s")
@@ -119,7 +107,7 @@ def normalize_reference(stdout: str, capture: dict) -> tuple[list[dict], float]:
             ev = evals[2 * (e["epoch"] - 1) + (split == "test")]
             if ev["split"] != split or ev["epoch"] != e["epoch"]:
                 raise ValueError(f"reference run: evaluation order mismatch at epoch {e['epoch']}")
-            m = metrics_from_ranks(ev["ranks"])
+            m = rank_metrics(ev["ranks"])  # the capture writes -1 for a target that is not an item
             printed = e["printed"].get(split)
             if printed is None:
                 raise ValueError(f"reference run: no printed {split.upper()} metrics at epoch {e['epoch']}")

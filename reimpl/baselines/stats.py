@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-TOPK = (1, 5, 10, 20)
+from reimpl.metrics import TOPK
+
 METRICS = tuple([f"HR@{k}" for k in TOPK] + [f"NDCG@{k}" for k in TOPK] + ["MRR"])
 SELECTIONS = ("test", "val")
 ALPHA = 0.05

@@ -37,9 +37,7 @@ from torch import nn
 from reimpl.deviations import check_mode
 from reimpl.dllm2rec.injection import (lookup_llm_emb, lookup_projected, project_table,
                                          projection_matches)
-
-TOPK = (1, 5, 10, 20)
-NO_RANK = np.iinfo(np.int64).max  # a target that is not an item id is never hit
+from reimpl.metrics import NO_RANK, TOPK, rank_metrics
 
 
 @dataclass
@@ -126,21 +124,10 @@ def target_ranks(scores: torch.Tensor, targets: np.ndarray, mode: str = "faithfu
 
 
 def metrics_from_ranks(ranks: np.ndarray, topk=TOPK) -> dict[str, list[float] | float]:
-    """HR@k, NDCG@k lists (in ``topk`` order) and MRR from 1-based ranks ``[N]``.
-
-    NDCG terms are summed sequentially in row order (``cumsum``), the reference's accumulation.
-    """
-    n = len(ranks)
-    if n == 0:
-        raise ValueError("metrics_from_ranks: empty split")
-    hr, ndcg = [], []
-    for k in topk:
-        hit = ranks <= k
-        hr.append(float(hit.sum()) / n)
-        gains = np.where(hit, 1.0 / np.log2(np.minimum(ranks, k) + 1.0), 0.0)
-        ndcg.append(float(np.cumsum(gains)[-1]) / n if hit.any() else 0.0)
-    mrr_terms = np.where(ranks == NO_RANK, 0.0, 1.0 / np.maximum(ranks, 1))
-    return {"hr": hr, "ndcg": ndcg, "mrr": float(np.cumsum(mrr_terms)[-1]) / n}
+    """HR@k, NDCG@k lists (in ``topk`` order), MRR and ``n`` from 1-based ranks ``[N]``
+    (``reimpl.metrics.rank_metrics``). Terms are summed in row order (``sequential=True``), the
+    reference's ``+=`` accumulation (``utility.py:80-82``), in both modes."""
+    return rank_metrics(ranks, topk, sequential=True)
 
 
 @torch.no_grad()

@@ -34,9 +34,9 @@ from torch import nn
 from reimpl.dllm2rec.config import DLLM2RecConfig
 from reimpl.dllm2rec.train import DLLM2RecData, train
 from reimpl.extensions.hooks import repr_width, ExtConfig, build_hooks
-from reimpl.extensions.metrics import ranking_metrics
 from reimpl.dllm2rec.evaluate import target_ranks
 from reimpl.dllm2rec.injection import lookup_llm_emb
+from reimpl.metrics import ranking_metrics
 
 REFRESHABLE = ("rank", "embeddings", "uncertainty")
 

@@ -56,7 +56,8 @@ from reimpl.dllm2rec.train import DLLM2RecData, load_data, train
 from reimpl.extensions.cdr import CDRConfig, run_cdr, selected
 from reimpl.extensions.hooks import repr_width, ExtConfig, build_hooks
 
-from reimpl.paths import ROOT, SHARED
+from reimpl.data.id2name import read_id2name
+from reimpl.paths import DATA, ROOT, SHARED
 TEMPLATE = Path(__file__).with_name("templates") / "extensions.md.j2"
 METRICS = ("ndcg@10", "hr@10", "mrr", "ece")
 IDENTICAL_TOL = 1e-12   # |loss, hr, ndcg, mrr| per epoch, arm vs baseline run
@@ -370,18 +371,6 @@ def standin_teacher(b: Baseline, data: DLLM2RecData, cfg: DLLM2RecConfig, work: 
 
 
 # ---------------------------------------------------------------------------------------------- RDR
-def read_names(path: Path) -> dict[int, str]:
-    """``id::name`` lines (iLoRA's ``id2name.txt``)."""
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: item names are needed for the RDR prompts (--names)")
-    out = {}
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if "::" in line:
-            k, v = line.split("::", 1)
-            out[int(k)] = v.strip()
-    return out
-
-
 def rationales(data: DLLM2RecData, names: dict[int, str], store: Path, n: int | None, log,
                model=None, tokenizer=None, model_id: str | None = None, encoder=None) -> dict:
     """Rationales for ``n`` seeded slice rows (None: all), cached in ``store``; MiniLM vector store."""
@@ -537,7 +526,7 @@ def plots(model_results: dict, tables: dict, arms: list[str], cdr_runs: dict, u:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from reimpl.extensions.metrics import reliability_bins
+    from reimpl.metrics import reliability_bins
 
     figdir.mkdir(parents=True, exist_ok=True)
     out = []
@@ -690,7 +679,7 @@ def run_trial(a: argparse.Namespace, *, plan=None, rdr_model=None, rdr_tokenizer
         data, u, standin, standin_obj = standin_teacher(b, data, cfg0, work, a.teacher_rows, SHARED, log)
     rinfo = None
     if any(ARMS[x].ext.get("rdr") for x in arms):
-        names = read_names(Path(a.names) if a.names else SHARED / "data/ilora/lastfm/id2name.txt")
+        names = read_id2name(Path(a.names) if a.names else DATA / "ilora/lastfm/id2name.txt", mode="fixed")
         n = None if a.rationales == "all" else int(a.rationales)
         rinfo = rationales(data, names, work / "rdr" / b.kd.key, n, log, model=rdr_model, tokenizer=rdr_tokenizer,
                            model_id=rdr_model_id, encoder=encoder)

@@ -120,12 +120,9 @@ def default_corpus(shared_dir: str | Path | None = None, prompt_files: Sequence[
     shared = Path(shared_dir) if shared_dir is not None else SHARED
     titles = shared / "data" / "ilora" / "lastfm" / "id2name.txt"
     if titles.is_file():
-        for n, raw in enumerate(titles.read_text(encoding="utf-8").splitlines(), 1):
-            if not raw.strip():
-                continue
-            if "::" not in raw:
-                raise ValueError(f"{titles}:{n}: expected '<id>::<name>', got {raw!r}")
-            lines.append(raw.split("::", 1)[1].strip())
+        from reimpl.data.id2name import read_id2name  # here: reimpl.data pulls in pandas
+
+        lines.extend(read_id2name(titles, mode="fixed").values())
     else:
         lines.extend(_SYNTHETIC_TITLES)
     for pf in prompt_files:
