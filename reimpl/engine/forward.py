@@ -1,0 +1,84 @@
+"""Student forward for the engine: fixed mode's scores ``[B, I]``, computed with less work.
+
+* Teacher embeddings (``ed_weight != 0``): fixed mode gathers ``[B, L, d_llm]`` rows of ``all_embeddings.pt``
+  (zeros at padding, :func:`reimpl.dllm2rec.injection.lookup_llm_emb`) and projects every position with
+  ``fc_4096_64`` (main.py:395-401, :67-69). Here each *distinct* id of the batch is projected once,
+  ``P = fc(T[u])`` ``[U, H]`` with ``U <= B * L``, and scattered back, ``P[inverse]``; the padding id reads an
+  appended zero row (``fc(0) = bias``, what the zero lookup gives). ``fc(x)`` of a row does not depend on the
+  other rows, so the values are the same up to the BLAS's summation order, and autograd sums the gradient of
+  ``fc``'s weight over each distinct row's positions (the same sum, regrouped).
+* GRU4Rec: fixed mode runs ``pack_padded_sequence`` and keeps the last layer's final state (main.py:70-74,
+  DLLM2REC-GRU-LAYERS). The GRU is causal, so its output at position ``len - 1`` of the unpacked run is
+  that final state; the engine runs the padded batch and gathers it (no sort/pack/unpack).
+* SASRec and Caser: the model's own forward.
+* Scores at a few columns (:func:`scores_at`): every student ends in ``s_fc(r)`` with ``r`` ``[B, D]`` its
+  sequence representation, and ``s_fc(r)[b, j] = r_b . W_j + c_j``. When a loss reads only ``[B, J]``
+  columns (the BCE with one negative and no DRO / distillation) the ``[B, I]`` head is not computed.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+from reimpl.dllm2rec.injection import LOOKUP_DTYPE, ProjectedLLMEmb, inject
+from reimpl.models import GRU
+
+
+def extend_table(table: torch.Tensor, dtype: torch.dtype = LOOKUP_DTYPE) -> torch.Tensor:
+    """``[item_num + 1, d_llm]``: the teacher table in the lookup dtype with a zero row for the padding id."""
+    if table.dim() != 2:
+        raise ValueError(f"extend_table: table (all_embeddings.pt) must be [item_num, d_llm], got {tuple(table.shape)}")
+    return torch.cat([table.to(dtype), torch.zeros(1, table.size(1), dtype=dtype)]).contiguous()
+
+
+def project_batch(seq: torch.Tensor, table_ext: torch.Tensor, proj: nn.Linear) -> ProjectedLLMEmb:
+    """``proj`` of the teacher rows of ``seq`` ``[B, L]`` (ids in ``[0, item_num]``), each distinct id once.
+
+    table_ext: :func:`extend_table` ``[item_num + 1, d_llm]``. Returns ``[B, L, H]`` values (with grad).
+    """
+    n = table_ext.size(0)
+    flat = seq.reshape(-1)
+    mark = torch.zeros(n, dtype=torch.bool, device=seq.device)
+    mark[flat] = True
+    uniq = mark.nonzero().squeeze(1)  # [U] sorted
+    slot = torch.cumsum(mark, 0) - 1  # id -> its row in uniq
+    p = proj(table_ext[uniq])  # [U, H]
+    return ProjectedLLMEmb(p[slot[seq]], proj)
+
+
+@contextmanager
+def _headless(model: nn.Module):
+    """The student with ``s_fc`` replaced by the identity: its forward returns ``r`` ``[B, D]``."""
+    head = model.s_fc
+    model.s_fc = nn.Identity()
+    try:
+        yield head
+    finally:
+        model.s_fc = head
+
+
+def scores_at(model: nn.Module, seq: torch.Tensor, len_seq: torch.Tensor, cols: torch.Tensor,
+              table_ext: torch.Tensor | None = None) -> torch.Tensor:
+    """``[B, J]`` = ``scores(...)[b, cols[b, j]]`` without the ``[B, I]`` head. cols: ``[B, J]`` long."""
+    with _headless(model) as head:
+        r = scores(model, seq, len_seq, table_ext)  # [B, D]
+    return torch.baddbmm(head.bias[cols].unsqueeze(2), head.weight[cols], r.unsqueeze(2)).squeeze(2)
+
+
+def scores(model: nn.Module, seq: torch.Tensor, len_seq: torch.Tensor,
+           table_ext: torch.Tensor | None = None) -> torch.Tensor:
+    """``[B, I]`` fixed-mode scores of ``model`` (a :mod:`reimpl.models` student built with mode="fixed")."""
+    if getattr(model, "mode", None) != "fixed":
+        raise ValueError("engine.forward.scores: the engine computes fixed mode; build the student with mode='fixed'")
+    llm = None
+    if table_ext is not None and model.ed_weight != 0:
+        llm = project_batch(seq, table_ext, model.fc_4096_64)
+    if isinstance(model, GRU):
+        emb = inject(model.item_embeddings(seq), llm, model.fc_4096_64, model.ed_weight)
+        out, _ = model.gru(emb)  # [B, L, H], last layer
+        last = len_seq.clamp(min=1) - 1  # main.py:70-71: an empty history runs as length 1
+        return model.s_fc(out[torch.arange(seq.size(0), device=seq.device), last])
+    return model(seq, len_seq, llm)
