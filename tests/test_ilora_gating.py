@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from reimpl.ilora.gating import GATINGS, GatingConfig, build_gating
-from reimpl.ilora.router import CVRouter, NLPRouter, RouterConfig, build_router, reference_gate_layout
+from reimpl.ilora.router import CVRouter, RouterConfig, build_router
 
 
 def _router(mode="faithful", num_moe=4, seed=0):
@@ -30,7 +30,6 @@ def test_router_shapes_train_eval_b1():
     e = r(x)
     torch.testing.assert_close(r(x[2:3]), e[2:3])           # eval: rows independent of the batch
     torch.testing.assert_close(r(x[:, 0]), e)               # [B, H] accepted as [B, 1, H]
-    assert reference_gate_layout(e).shape == (5, 1, 4)
 
 
 def test_router_train_mode_couples_rows():

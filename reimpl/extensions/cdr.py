@@ -15,9 +15,7 @@ One run = round 0 + ``rounds`` refinement rounds:
 Every round logs the student's metrics (:mod:`reimpl.extensions.metrics`, the selected epoch) and the
 teacher's own test metrics. The teacher is any object with ``refine(student, seq, lens, nxt,
 student_logits, log, round_)``, ``export(seq, lens, kind) -> dict`` and ``scores(states, lens) -> [N, I]``
-(:class:`reimpl.extensions.standin.StandInTeacher`; for the iLoRA teacher,
-:func:`ilora_embedding_transplant` does step 2's initialization, the fine-tuning loop being
-``reimpl.ilora.train`` with only those parameters trainable).
+(:class:`reimpl.extensions.standin.StandInTeacher`).
 """
 
 from __future__ import annotations
@@ -32,10 +30,10 @@ import torch
 from torch import nn
 
 from reimpl.dllm2rec.config import DLLM2RecConfig
-from reimpl.dllm2rec.train import DLLM2RecData, train
-from reimpl.extensions.hooks import repr_width, ExtConfig, build_hooks
 from reimpl.dllm2rec.evaluate import target_ranks
 from reimpl.dllm2rec.injection import lookup_llm_emb
+from reimpl.dllm2rec.train import DLLM2RecData, train
+from reimpl.extensions.hooks import ExtConfig, build_hooks, repr_width
 from reimpl.metrics import ranking_metrics
 
 REFRESHABLE = ("rank", "embeddings", "uncertainty")
@@ -114,8 +112,8 @@ def run_cdr(cdr: CDRConfig, cfg: DLLM2RecConfig, ext: ExtConfig, data: DLLM2RecD
         res, student = _one_student(c0, e0, data, None, None, log)
     else:
         res, student = _one_student(cfg, ext, data, uncertainty, None, log)
-    out.append({"round": 0, "student": res, "selected": selected(res), "teacher": {"test": teacher_metrics(teacher, data.test)},
-                "seconds": time.time() - t0})
+    out.append({"round": 0, "student": res, "selected": selected(res),
+                "teacher": {"test": teacher_metrics(teacher, data.test)}, "seconds": time.time() - t0})
     for r in range(1, cdr.rounds + 1):
         t0 = time.time()
         teacher.refine(student, data.train_seq, data.train_len, data.train_next,
@@ -130,23 +128,7 @@ def run_cdr(cdr: CDRConfig, cfg: DLLM2RecConfig, ext: ExtConfig, data: DLLM2RecD
             uncertainty = exp["uncertainty"]
         res, student = _one_student(cfg, ext, data, uncertainty,
                                     student if cdr.student_init == "warm" else None, log)
-        out.append({"round": r, "student": res, "selected": selected(res), "teacher": {"test": teacher_metrics(teacher, data.test)},
-                    "seconds": time.time() - t0})
+        out.append({"round": r, "student": res, "selected": selected(res),
+                    "teacher": {"test": teacher_metrics(teacher, data.test)}, "seconds": time.time() - t0})
     return out
 
-
-def ilora_embedding_transplant(teacher, student: nn.Module) -> list[nn.Parameter]:
-    """CDR step 2 for the iLoRA teacher: copy the student's item table into the teacher's (frozen)
-    SASRec item embeddings -- the table the projector injects into prompts -- freeze every other
-    teacher parameter (LLM, LoRA experts, router, projector) and return the one trainable parameter."""
-    src = student.item_embeddings.weight
-    dst = teacher.rec_model.item_embeddings.weight
-    if src.shape != dst.shape:
-        raise ValueError(f"ilora_embedding_transplant: student item table {tuple(src.shape)} does not match the "
-                         f"teacher's SASRec item table {tuple(dst.shape)} (hidden_factor must equal rec_size)")
-    for p in teacher.parameters():
-        p.requires_grad_(False)
-    with torch.no_grad():
-        dst.copy_(src.to(dst.dtype))
-    dst.requires_grad_(True)
-    return [dst]

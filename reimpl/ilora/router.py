@@ -7,7 +7,7 @@
 * :class:`NLPRouter` mirrors ``model/router/nlpr.py:6-84``: a 1-D ResNet (3 stages x 3
   residual blocks, 16/32/64 channels, BatchNorm) over the 64-d user state read as a one-channel
   signal, average pooling, ``softmax(Linear(64 -> E))``. Input ``[B, 1, 64]`` or ``[B, 64]``,
-  output ``[B, E]`` (the reference returns ``[B, 1, E]``; :func:`reference_gate_layout` converts).
+  output ``[B, E]`` (the reference returns ``[B, 1, E]``, nlpr.py:80; MoeLoraLinear accepts both).
 * :class:`CVRouter` mirrors ``model/router/cvr.py:1-73``: the 2-D (CIFAR-style, 3-channel
   image) variant. No code path in the reference builds it; it returns raw logits (no softmax).
 
@@ -150,7 +150,3 @@ def build_router(cfg: RouterConfig | None = None) -> nn.Module:
     cfg = cfg or RouterConfig()
     return NLPRouter(cfg) if cfg.kind == "share" else CVRouter(cfg)
 
-
-def reference_gate_layout(gate: torch.Tensor) -> torch.Tensor:
-    """``[B, E]`` -> the reference's ``[B, 1, E]`` (``nlpr.py:80``)."""
-    return gate.unsqueeze(1)

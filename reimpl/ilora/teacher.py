@@ -48,10 +48,9 @@ from reimpl.ilora.evaluate import HR1Result, first_line, hr1_valid_ratio
 from reimpl.ilora.loss import IGNORE_INDEX, causal_lm_loss, lm_targets, sequence_logprob
 from reimpl.ilora.moe_lora import LLAMA_TARGETS, MoeLoraConfig, wrap_moe_lora
 from reimpl.ilora.projector import MlpProjector, encode_items, encode_users
-from reimpl.ilora.prompt import PlaceholderIds, fill_prompt, placeholder_ids, wrap_emb
+from reimpl.ilora.prompt import PlaceholderIds, placeholder_ids, wrap_emb
 from reimpl.ilora.router import RouterConfig, build_router
 from reimpl.ilora.sasrec import SASRec
-
 
 # attention implementations for which cached=True packs the answers (4-D additive mask taken as is).
 # "eager" takes the mask too (cached="packed" works) but computes its softmax in float32 even for a
@@ -370,11 +369,6 @@ class ILoRATeacher(nn.Module):
             m = tok["attention_mask"].unsqueeze(-1).to(h.dtype)
             outs.append((h * m).sum(1) / m.sum(1))
         return torch.cat(outs)
-
-    def prompt_texts(self, template: str, seq_names: Sequence[Sequence[str]],
-                     cans_names: Sequence[Sequence[str]]) -> list[str]:
-        """Evaluation-style prompts (embedding placeholders) for a batch (data_interface.py:40-53)."""
-        return [fill_prompt(template, s, c, with_embeddings=True) for s, c in zip(seq_names, cans_names)]
 
 
 def prepare_tokenizer(tokenizer):
