@@ -311,3 +311,34 @@ def test_ddp_schedule_stretch():
     _say("LR at the last optimizer step / peak LR, reference under W processes: " +
          ", ".join(f"W={w}: {r:.3f}" for w, r in out))
     assert out[0][1] < 0.02 and out[2][1] > 0.8
+
+
+# ------------------------------------------------------------------------------------- precision
+def test_bf16_llm_vs_float32(refs, shared_dir):
+    """model_interface.py:318 loads the LLM in bfloat16 (main.py:79 adds 16-bit AMP on GPU); reimpl and every
+    parity case run float32/float64. Same weights (the float32 state loaded into the bf16 build): how far the
+    reference's own dtype moves its outputs, on the tiny Llama (a trained LLM has larger logits)."""
+    from parity.cases.ilora_teacher_step import build_reference
+    from parity.shims import ilora as shim
+
+    _, m32 = build_reference(dtype=torch.float32)
+    _, mbf = build_reference(dtype=None)                 # the reference's hard-coded bfloat16
+    assert mbf.llama_model.base_model.model.dtype == torch.bfloat16
+    mbf.load_state_dict(m32.state_dict())
+    dm = shim.build_data_module(m32.llama_tokenizer)
+    b = shim.build_lastfm_batch(m32.llama_tokenizer, stage="train", batch_size=8, seed=1, data_module=dm)
+    m32.eval()
+    mbf.eval()
+    with torch.no_grad():
+        o32, obf = m32(b), mbf(b)
+        e32, _ = m32.wrap_emb(b)
+        ebf, _ = mbf.wrap_emb(b)
+    mask = b["tokens"].attention_mask.bool()
+    d = (o32.logits.float() - obf.logits.float())[mask]
+    agree = float((o32.logits.argmax(-1) == obf.logits.argmax(-1))[mask].float().mean())
+    emb_rel = float(((e32 - ebf.float()).abs() / e32.abs().clamp_min(1e-12)).max())
+    loss_rel = abs(float(o32.loss) - float(obf.loss)) / float(o32.loss)
+    _say(f"bf16 LLM vs float32, same weights, tiny Llama, 8 LastFM train rows: loss rel diff {loss_rel:.2g}, "
+         f"logits max|diff| {float(d.abs().max()):.3g} (logit std {float(o32.logits[mask].std()):.3g}), argmax "
+         f"agreement {agree:.3f}; injected embeddings rounded to {ebf.dtype} (max rel {emb_rel:.2g})")
+    assert ebf.dtype == torch.bfloat16 and float(d.abs().max()) > 1e-4
