@@ -267,10 +267,15 @@ def test_sasrec_query_mask_at_init(refs):
     with torch.no_grad():
         out_ref = m(st, torch.tensor(lens))
         out_re = re(st, torch.tensor(lens))
+    with torch.no_grad():  # one Adam-sized step (lr 1e-3, sign-like update) of ln_1 ends it
+        g = torch.Generator().manual_seed(0)
+        m.ln_1.weight.add_(1e-3 * torch.randn(64, generator=g).sign())
+        m.ln_1.bias.add_(1e-3 * torch.randn(64, generator=g).sign())
+        after = float(((m.ln_1(x).sum(-1) == 0) & real).sum()) / float(real.sum())
     _say(f"SASRec at init (float32, seed 2024, {n} rows): {zero_real:.3f} of real query positions and "
          f"{zero_last:.3f} of the read-out positions have sum(ln_1)==0.0 exactly (attention zeroed); "
-         f"reimpl faithful output identical: {torch.equal(out_ref, out_re)}")
-    assert zero_real > 0.01 and torch.equal(out_ref, out_re)
+         f"reimpl faithful output identical: {torch.equal(out_ref, out_re)}; after a 1e-3 step of ln_1: {after:.3f}")
+    assert zero_real > 0.01 and torch.equal(out_ref, out_re) and after < zero_real
 
 
 # ------------------------------------------------------------------------------------- stopping rules
