@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import argparse
 import ast
-import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
+from reimpl.cliconf import add_dataclass_arguments, require
+from reimpl.cliconf import from_namespace as cli_from_namespace
 from reimpl.deviations import check_mode
 
 MODELS = ("SASRec", "GRU", "Caser")
@@ -54,13 +55,22 @@ class DLLM2RecConfig:
     def __post_init__(self) -> None:
         check_mode(self.mode)
         if self.model_name not in MODELS:
-            raise ValueError(f"DLLM2RecConfig.model_name must be one of {MODELS}, got {self.model_name!r}")
+            raise ValueError(f"--model_name: expected one of {MODELS}, got {self.model_name!r}")
         if isinstance(self.filter_sizes, str):
             self.filter_sizes = tuple(ast.literal_eval(self.filter_sizes))
         self.filter_sizes = tuple(int(x) for x in self.filter_sizes)
         self.topk = tuple(int(x) for x in self.topk)
-        if self.batch_size < 1 or self.candidate_topk < 1:
-            raise ValueError("DLLM2RecConfig: batch_size and candidate_topk must be >= 1")
+        # options are checked before any work; each message names the flag (the reference checks none)
+        for name in ("epoch", "batch_size", "eval_batch_size", "candidate_topk", "hidden_factor",
+                     "num_negtive_items", "patience", "num_heads", "gru_layers", "num_filters", "d_llm"):
+            require(getattr(self, name) >= 1, f"--{name}", "an integer >= 1", getattr(self, name))
+        require(self.max_batches_per_epoch is None or self.max_batches_per_epoch >= 1, "--max_batches_per_epoch",
+                "an integer >= 1 (or none)", self.max_batches_per_epoch)
+        require(len(self.topk) > 0 and min(self.topk) >= 1, "--topk", "a non-empty list of cut-offs >= 1",
+                list(self.topk))
+        require(len(self.filter_sizes) > 0 and min(self.filter_sizes) >= 1, "--filter_sizes",
+                "a non-empty list of sizes >= 1", list(self.filter_sizes))
+        require(0 <= self.dropout_rate <= 1, "--dropout_rate", "a probability in [0, 1]", self.dropout_rate)
 
     @property
     def d_proj(self) -> int:
@@ -70,17 +80,8 @@ class DLLM2RecConfig:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """One ``--option`` per config field (``--model_name`` and ``--model-name`` both accepted)."""
-    for f in dataclasses.fields(DLLM2RecConfig):
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        names = [f"--{f.name}"] + ([f"--{f.name.replace('_', '-')}"] if "_" in f.name else [])
-        if isinstance(default, tuple):
-            parser.add_argument(*names, dest=f.name, type=lambda s: tuple(ast.literal_eval(s)),
-                                default=default, help=f"list, default {list(default)}")
-        elif f.name == "max_batches_per_epoch":
-            parser.add_argument(*names, dest=f.name, type=int, default=None)
-        else:
-            parser.add_argument(*names, dest=f.name, type=type(default), default=default)
+    add_dataclass_arguments(parser, DLLM2RecConfig, dashes=True)
 
 
 def from_namespace(ns: argparse.Namespace) -> DLLM2RecConfig:
-    return DLLM2RecConfig(**{f.name: getattr(ns, f.name) for f in dataclasses.fields(DLLM2RecConfig)})
+    return cli_from_namespace(DLLM2RecConfig, ns)

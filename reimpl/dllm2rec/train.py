@@ -23,10 +23,8 @@ best validation epoch.
 from __future__ import annotations
 
 import argparse
-import ast
 import dataclasses
 import json
-import math
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -34,13 +32,17 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-import pandas as pd
 import torch
 from torch import nn
 
+from reimpl import checkpoint as ckpt
+from reimpl.cliconf import build, check_writable
+from reimpl.data import DataError, load_dllm2rec
+from reimpl.data import teacher as teacher_files
+from reimpl.data.dllm2rec import STATIS
 from reimpl.dllm2rec import losses
 from reimpl.dllm2rec.config import DLLM2RecConfig, add_arguments, from_namespace
-from reimpl.dllm2rec.evaluate import EvalSplit, evaluate, read_split
+from reimpl.dllm2rec.evaluate import EvalSplit, evaluate
 from reimpl.dllm2rec.injection import lookup_llm_emb
 from reimpl.dllm2rec.student import build_student
 from reimpl.dllm2rec.weights import rd_weights
@@ -58,61 +60,38 @@ class DLLM2RecData:
     candidates: torch.Tensor | None = None   # [N, K0] long (myrank_train.txt)
     confidence: torch.Tensor | None = None   # [N, K0] float32 (confidence_train.txt)
     llm_table: torch.Tensor | None = None    # [item_num, d_llm] (all_embeddings.pt)
-
-
-def _parse_list(v, where: str) -> list:
-    if isinstance(v, str):
-        v = ast.literal_eval(v)
-    if isinstance(v, np.ndarray):
-        v = v.tolist()
-    if not isinstance(v, (list, tuple)):
-        raise ValueError(f"{where}: expected a list of item ids, got {type(v).__name__}")
-    return [int(x) for x in v]
+    files: dict = field(default_factory=dict)  # {field: source file} (provenance, in error messages)
 
 
 def load_data(data_dir: str | Path, name: str, *, need_rank: bool, need_emb: bool,
               candidate_topk: int = 10, d_llm: int | None = None) -> DLLM2RecData:
-    """Read and validate the reference's files (see module docstring)."""
+    """Read ``data/<name>/`` through :func:`reimpl.data.load_dllm2rec` and the teacher files through
+    :mod:`reimpl.data.teacher`; every rule of docs/data.md is checked here, before any training.
+
+    The arrays are the values main.py:315-343 reads (``next`` of val/test as float, ``np.loadtxt`` teacher
+    files, the ranking as ``LongTensor``, confidences as float32)."""
     root = Path(data_dir)
     ddir, tdir = root / "data" / name, root / "tocf" / name
-    statis = pd.read_pickle(ddir / "data_statis.df")
-    seq_size, item_num = int(statis["seq_size"].iloc[0]), int(statis["item_num"].iloc[0])
-    tpath = ddir / "train_data.df"
-    train = pd.read_pickle(tpath)
-    for col in ("seq", "len_seq", "next"):
-        if col not in train.columns:
-            raise ValueError(f"{tpath}: missing column {col!r}")
-    if not np.array_equal(np.asarray(train.index), np.arange(len(train))):
-        raise ValueError(f"{tpath}: the index must be 0..N-1 in row order (teacher rows are looked up "
-                         "by it, main.py:434)")
-    seqs = [_parse_list(s, f"{tpath}: field seq row {i}") for i, s in enumerate(train["seq"])]
-    if any(len(s) != seq_size for s in seqs):
-        raise ValueError(f"{tpath}: field seq must hold seq_size={seq_size} ids per row")
-    seq = np.asarray(seqs, dtype=np.int64).reshape(len(seqs), seq_size)
-    nxt = np.asarray([int(ast.literal_eval(x)) if isinstance(x, str) else int(x) for x in train["next"]],
-                     dtype=np.int64)
-    if seq.min() < 0 or seq.max() > item_num or nxt.min() < 0 or nxt.max() >= item_num:
-        raise ValueError(f"{tpath}: ids outside [0, {item_num}] in seq or [0, {item_num}) in next")
-    data = DLLM2RecData(item_num, seq_size, seq, np.asarray(train["len_seq"], dtype=np.int64), nxt,
-                        read_split(ddir / "val_data.csv", seq_size, item_num),
-                        read_split(ddir / "test_data.csv", seq_size, item_num))
+    ds = load_dllm2rec(ddir, name=name, splits=("train", "val", "test"))
+    tr = ds["train"]
+
+    def ev(s) -> EvalSplit:  # writable copies: callers may index and modify
+        return EvalSplit(np.array(s.seqs), np.array(s.lens), s.next.astype(np.float64), str(s.source))
+
+    data = DLLM2RecData(ds.item_num, ds.seq_len, np.array(tr.seqs), np.array(tr.lens), np.array(tr.next),
+                        ev(ds["val"]), ev(ds["test"]))
+    data.files = {k: str(ds[k].source) for k in ("train", "val", "test")}
+    data.files["statis"] = str(ddir / STATIS)
     if need_rank:
-        cand = np.loadtxt(tdir / "myrank_train.txt", ndmin=2)
-        conf = np.loadtxt(tdir / "confidence_train.txt", ndmin=2)
-        for p, a in ((tdir / "myrank_train.txt", cand), (tdir / "confidence_train.txt", conf)):
-            if a.shape[0] != len(train) or a.shape[1] < candidate_topk:
-                raise ValueError(f"{p}: expected [N_train={len(train)}, >= candidate_topk="
-                                 f"{candidate_topk}], got {list(a.shape)}")
-        if cand.min() < 0 or cand.max() >= item_num:
-            raise ValueError(f"{tdir / 'myrank_train.txt'}: candidate ids outside [0, {item_num})")
-        data.candidates = torch.LongTensor(cand)
+        rank = teacher_files.read_ranking(tdir / teacher_files.RANK_FILE, ds.item_num, tr.n, min_k=candidate_topk)
+        conf = teacher_files.read_confidence(tdir / teacher_files.CONF_FILE, tr.n, shape=rank.shape)
+        data.candidates = torch.LongTensor(rank)
         data.confidence = torch.tensor(conf, dtype=torch.float)
+        data.files.update(candidates=str(tdir / teacher_files.RANK_FILE),
+                          confidence=str(tdir / teacher_files.CONF_FILE))
     if need_emb:
-        p = tdir / "all_embeddings.pt"
-        table = torch.load(p, map_location="cpu")
-        if table.dim() != 2 or table.size(0) != item_num or (d_llm and table.size(1) != d_llm):
-            raise ValueError(f"{p}: expected [item_num={item_num}, d_llm={d_llm}], got {list(table.shape)}")
-        data.llm_table = table
+        data.llm_table = teacher_files.read_embeddings(tdir / teacher_files.EMB_FILE, ds.item_num, d_llm)
+        data.files["llm_table"] = str(tdir / teacher_files.EMB_FILE)
     return data
 
 
@@ -219,6 +198,26 @@ def _rng_state(rs: np.random.RandomState) -> dict:
     return {"numpy": rs.get_state(), "torch": torch.get_rng_state()}
 
 
+CKPT_KIND = "dllm2rec-student"
+CODE = ("dllm2rec", "models", "data", "checkpoint.py")   # reimpl/ sources a student run depends on
+RESUMABLE = ("epoch",)   # config fields a resume may change: more epochs continue the same trajectory
+
+
+def data_digest(data: DLLM2RecData) -> dict:
+    """sha256 per array a run reads (train/val/test, teacher ranking/confidence/table), for resume checks."""
+    arrays = {"train_seq": data.train_seq, "train_len": data.train_len, "train_next": data.train_next,
+              "val_states": data.val.states, "val_len": data.val.len_states, "val_targets": data.val.targets,
+              "test_states": data.test.states, "test_len": data.test.len_states, "test_targets": data.test.targets,
+              "candidates": data.candidates, "confidence": data.confidence, "llm_table": data.llm_table}
+    return {k: (None if v is None else ckpt.digest(v)) for k, v in arrays.items()}
+
+
+def run_identity(cfg: DLLM2RecConfig, data: DLLM2RecData) -> dict:
+    """Config (less :data:`RESUMABLE`), data digest, code version, threads: what a resume must match."""
+    conf = {k: v for k, v in asdict(cfg).items() if k not in RESUMABLE}
+    return ckpt.run_identity(conf, data_digest(data), ckpt.code_version(*CODE))
+
+
 def train(cfg: DLLM2RecConfig, data: DLLM2RecData, *, checkpoint: str | Path | None = None,
           resume: bool = False, log=print, progress: bool = True, hooks: TrainHooks | None = None) -> dict:
     """Train, evaluate each epoch, early-stop; returns the metrics dict written by the CLI.
@@ -244,16 +243,17 @@ def train(cfg: DLLM2RecConfig, data: DLLM2RecData, *, checkpoint: str | Path | N
         raise ValueError("ed_weight != 0 needs the teacher embeddings (tocf/<data>/all_embeddings.pt)")
     n = len(data.train_next)
     if n < cfg.batch_size:
-        raise ValueError(f"train split has {n} rows, fewer than batch_size={cfg.batch_size}")
+        raise ValueError(f"--batch_size: expected at most the train split's {n} rows "
+                         f"({data.files.get('train', 'train split')}), got {cfg.batch_size}")
     num_batches = int(n / cfg.batch_size)
     if cfg.max_batches_per_epoch is not None:
         num_batches = min(num_batches, cfg.max_batches_per_epoch)
     state = {"epoch": 0, "best_score": 0.0, "best_epoch": 0, "patience": 0, "history": [],
              "best": None, "stopped_early": False}
+    identity = run_identity(cfg, data) if checkpoint else None
     if resume and checkpoint and Path(checkpoint).is_file():
-        ck = torch.load(checkpoint, map_location="cpu", weights_only=False)
-        if ck["config"] != asdict(cfg):
-            raise ValueError(f"{checkpoint}: written with a different config; refusing to resume")
+        ck = ckpt.load(checkpoint, kind=CKPT_KIND)
+        ckpt.check_resume(checkpoint, ck.get("identity"), identity)
         model.load_state_dict(ck["model"])
         optimizer.load_state_dict(ck["optimizer"])
         rs.set_state(ck["rng"]["numpy"])
@@ -294,17 +294,19 @@ def train(cfg: DLLM2RecConfig, data: DLLM2RecData, *, checkpoint: str | Path | N
         if state["patience"] >= cfg.patience:
             state["stopped_early"] = True
         if checkpoint:
-            torch.save({"config": asdict(cfg), "model": model.state_dict(),
-                        "optimizer": optimizer.state_dict(), "rng": _rng_state(rs), "state": state},
-                       checkpoint)
+            ckpt.save(checkpoint, {"identity": identity, "config": asdict(cfg), "model": model.state_dict(),
+                                   "optimizer": optimizer.state_dict(), "rng": _rng_state(rs), "state": state},
+                      kind=CKPT_KIND)
     if hooks is not None and hooks.on_end is not None:
         hooks.on_end(model)
     return {"config": asdict(cfg), "selected_on": select_split, "best_epoch": state["best_epoch"],
             "best": state["best"], "epochs_run": state["epoch"], "stopped_early": state["stopped_early"],
-            "history": state["history"], "wall_s": time.time() - t_start}
+            "history": state["history"], "wall_s": time.time() - t_start, "environment": ckpt.environment()}
 
 
 def main(argv: list[str] | None = None) -> int:
+    """CLI: options checked first (each error names its flag), then the data, then training; the metrics JSON
+    (config, per-epoch metrics, environment) goes to ``--out`` (written atomically) or stdout."""
     ap = argparse.ArgumentParser(prog="python -m reimpl.dllm2rec.train", description=__doc__.splitlines()[0])
     ap.add_argument("--data-dir", required=True, help="folder holding data/<name>/ and tocf/<name>/")
     ap.add_argument("--out", default=None, help="metrics JSON path (default: stdout)")
@@ -313,16 +315,27 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-progress", action="store_true")
     add_arguments(ap)
     a = ap.parse_args(argv)
-    cfg = from_namespace(a)
-    data = load_data(a.data_dir, cfg.data, need_rank=cfg.lam != 0, need_emb=cfg.ed_weight != 0,
-                     candidate_topk=cfg.candidate_topk, d_llm=cfg.d_llm)
+    cfg = build(ap, lambda: from_namespace(a))
+
+    def check_paths() -> None:
+        if a.resume and not a.checkpoint:
+            raise ValueError("--resume: needs --checkpoint (the file to resume from)")
+        check_writable(a.out, "--out")
+        check_writable(a.checkpoint, "--checkpoint")
+        if not Path(a.data_dir).is_dir():
+            raise ValueError(f"--data-dir {a.data_dir}: not a folder")
+    build(ap, check_paths)
     log = (lambda m: print(m, file=sys.stderr))
-    metrics = train(cfg, data, checkpoint=a.checkpoint, resume=a.resume, log=log,
-                    progress=not a.no_progress)
+    try:
+        data = load_data(a.data_dir, cfg.data, need_rank=cfg.lam != 0, need_emb=cfg.ed_weight != 0,
+                         candidate_topk=cfg.candidate_topk, d_llm=cfg.d_llm)
+        metrics = train(cfg, data, checkpoint=a.checkpoint, resume=a.resume, log=log,
+                        progress=not a.no_progress)
+    except (DataError, ckpt.CheckpointError) as e:   # bad input: the message names file and field
+        ap.exit(2, f"{ap.prog}: error: {e}\n")
     text = json.dumps(metrics, indent=1, default=float)
     if a.out:
-        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(a.out).write_text(text)
+        ckpt.write_text_atomic(a.out, text)
     else:
         print(text)
     return 0
