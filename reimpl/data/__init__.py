@@ -2,7 +2,8 @@
 
 Everything is read into one typed form (``SeqSplit`` / ``SeqDataset``, see types.py) and validated there;
 teacher files (``tocf/``: ranking, confidence, embeddings; uncertainty, rationale vectors) through the typed
-readers of teacher.py. Malformed input raises ``DataError`` naming file, row, field and what was expected. See docs/data.md.
+readers of teacher.py. Malformed input raises ``DataError`` naming file, row, field and what was expected.
+See docs/data.md.
 """
 
 from .dllm2rec import load_dllm2rec, write_dllm2rec

@@ -180,7 +180,8 @@ def introsort_argsort(keys) -> np.ndarray:
     return np.array(t, dtype=np.int64)
 
 
-def user_histories(r: Ratings, min_rating: int = 3, tie_break: str = "introsort") -> dict[int, tuple[np.ndarray, np.ndarray]]:
+def user_histories(r: Ratings, min_rating: int = 3, tie_break: str = "introsort"
+                   ) -> dict[int, tuple[np.ndarray, np.ndarray]]:
     """{user: (item ids 0-based [n], ratings [n])} in time order, users in order of first kept rating."""
     if tie_break not in ("introsort", "stable"):
         raise ValueError(f"tie_break must be 'introsort' or 'stable', got {tie_break!r}")
