@@ -55,8 +55,12 @@ def test_loss_and_gradients_equal_fixed_mode(model, dtype, lam, alpha, ed, beta,
     if dtype == torch.float64:
         ed = 0.0  # fixed mode's lookup buffer is float32 (main.py:396): a float64 student cannot inject
     K = 4
+    # SASRec: the engine draws dropout only where it is used (engine/forward.py), so masks cannot be matched
+    # element for element; Caser runs the model's own forward and sees the same masks (GRU has no dropout)
+    drop = 0.0 if model == "SASRec" else 0.1
     cfg = DLLM2RecConfig(model_name=model, mode="fixed", hidden_factor=8, d_llm=12, lam=lam, alpha=alpha,
-                         ed_weight=ed, beta=beta, candidate_topk=K, num_filters=3, seed=seed)
+                         ed_weight=ed, beta=beta, candidate_topk=K, num_filters=3, seed=seed, dropout_rate=drop,
+                         num_heads=2 if seed % 2 else 1)
     seq, lens, tgt, cand, conf, ps, table = _batch(seed, B, I, L, K, cfg.d_llm)
     torch.manual_seed(seed)
     ref = build_student(cfg, I, L).to(dtype)

@@ -10,7 +10,13 @@
 * GRU4Rec: fixed mode runs ``pack_padded_sequence`` and keeps the last layer's final state (main.py:70-74,
   DLLM2REC-GRU-LAYERS). The GRU is causal, so its output at position ``len - 1`` of the unpacked run is
   that final state; the engine runs the padded batch and gathers it (no sort/pack/unpack).
-* SASRec and Caser: the model's own forward.
+* SASRec (:func:`sasrec_repr`): only the representation at position ``len - 1`` is read (main.py:190-193),
+  and after the attention everything is position-wise, so the query, the feed-forward block and the last
+  layer norm are computed at that position only (``[B, H]`` instead of ``[B, L, H]``); keys and values use
+  every position, as they must. The 1x1 ``Conv1d`` layers of the feed-forward block are applied as the
+  matrix products they are (``F.linear`` with the ``[H, H, 1]`` weight viewed ``[H, H]``; ~8x faster here).
+  Dropout draws a mask for the elements that are used only: the same law per element, fewer draws.
+* Caser: the model's own forward.
 * Scores at a few columns (:func:`scores_at`): every student ends in ``s_fc(r)`` with ``r`` ``[B, D]`` its
   sequence representation, and ``s_fc(r)[b, j] = r_b . W_j + c_j``. When a loss reads only ``[B, J]``
   columns (the BCE with one negative and no DRO / distillation) the ``[B, I]`` head is not computed.
@@ -21,10 +27,12 @@ from __future__ import annotations
 from contextlib import contextmanager
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from reimpl.dllm2rec.injection import LOOKUP_DTYPE, ProjectedLLMEmb, inject
-from reimpl.models import GRU
+from reimpl.models import GRU, SASRec
+from reimpl.models.sasrec import MASK_VALUE
 
 
 def extend_table(table: torch.Tensor, dtype: torch.dtype = LOOKUP_DTYPE) -> torch.Tensor:
@@ -76,9 +84,43 @@ def scores(model: nn.Module, seq: torch.Tensor, len_seq: torch.Tensor,
     llm = None
     if table_ext is not None and model.ed_weight != 0:
         llm = project_batch(seq, table_ext, model.fc_4096_64)
+    if isinstance(model, SASRec):
+        return model.s_fc(sasrec_repr(model, seq, len_seq, llm))
     if isinstance(model, GRU):
         emb = inject(model.item_embeddings(seq), llm, model.fc_4096_64, model.ed_weight)
         out, _ = model.gru(emb)  # [B, L, H], last layer
         last = len_seq.clamp(min=1) - 1  # main.py:70-71: an empty history runs as length 1
         return model.s_fc(out[torch.arange(seq.size(0), device=seq.device), last])
     return model(seq, len_seq, llm)
+
+
+def sasrec_repr(m: SASRec, states: torch.Tensor, len_states: torch.Tensor, llm=None) -> torch.Tensor:
+    """``[B, H]``: the input of ``s_fc`` in :class:`reimpl.models.SASRec` (fixed), at position ``len - 1`` only."""
+    B, L = states.shape
+    if L != m.state_size:
+        raise ValueError(f"SASRec: states must be [B, state_size={m.state_size}], got [{B}, {L}]")
+    x = inject(m.item_embeddings(states), llm, m.fc_4096_64, m.ed_weight) + m.positional_embeddings.weight
+    mask = torch.ne(states, m.item_num).float().unsqueeze(-1)  # [B, L, 1]
+    seq = m.emb_dropout(x) * mask
+    rows = torch.arange(B, device=states.device)
+    pos = (len_states.to(states.device) - 1) % L  # len 0 reads position -1 = L - 1, as the reference does
+    att = m.mh_attn
+    nh = att.num_heads
+    q_in = m.ln_1(seq[rows, pos])  # [B, H]: ln_1 is position-wise
+    heads = lambda t: torch.cat(t.split(t.size(-1) // nh, dim=-1), dim=0)  # noqa: E731  [.., C] -> [h*B, .., C/h]
+    q = heads(att.linear_q(q_in)).unsqueeze(1)  # [h*B, 1, C/h]
+    k, v = heads(att.linear_k(seq)), heads(att.linear_v(seq))  # [h*B, L, C/h]
+    logits = torch.bmm(q, k.transpose(1, 2)) / att.hidden_size ** 0.5  # [h*B, 1, L]
+    key_valid = seq.sum(-1).abs().sign().repeat(nh, 1)[:, None, :]
+    logits = torch.where(key_valid == 0, MASK_VALUE, logits)
+    causal = torch.arange(L, device=states.device)[None, :] <= pos[:, None]  # [B, L]
+    logits = torch.where(causal.repeat(nh, 1)[:, None, :], logits, MASK_VALUE)
+    a = torch.softmax(logits, dim=-1) * q_in.sum(-1).abs().sign().repeat(nh)[:, None, None]  # query mask
+    h = torch.bmm(att.dropout(a), v).squeeze(1)  # [h*B, C/h]
+    h = torch.cat(h.split(B, dim=0), dim=1) + q_in  # [B, H], residual to the queries
+    ff = m.feed_forward
+    z = m.ln_2(h)
+    out = F.linear(F.relu(F.linear(z, ff.w_1.weight.squeeze(-1), ff.w_1.bias)), ff.w_2.weight.squeeze(-1),
+                   ff.w_2.bias)
+    z = ff.layer_norm(ff.dropout(out) + z)
+    return m.ln_3(z * mask[rows, pos])
