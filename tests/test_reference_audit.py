@@ -107,6 +107,29 @@ def test_generation_reimpl_faithful_matches_reference(ref_teacher):
     assert same == 8
 
 
+def test_pad_position_id_convention(ref_teacher):
+    """The first new token of a right-padded row is read at a pad position, whose position id is 1 under the
+    transformers 4.28 the reference targets (debug/modeling_llama.py:736-739) and 0 under transformers 5
+    (GenerationMixin._prepare_position_ids_for_generation), which both sides of this harness run."""
+    _, model, dm = ref_teacher
+    batch = _val_batch(dm, model, list(range(8)))
+    am = batch["tokens"].attention_mask
+    short = am.sum(1) < am.shape[1]
+    with torch.no_grad():
+        emb, user = model.wrap_emb(batch)
+        gate = model.router(user)
+        last = {}
+        for fill in (0, 1):
+            pos = (am.long().cumsum(-1) - 1).masked_fill(am == 0, fill)
+            last[fill] = model.llama_model(inputs_embeds=emb, attention_mask=am, position_ids=pos, gate_weights=gate,
+                                           user_embeds=user, return_dict=True).logits[:, -1]
+    d = (last[0] - last[1]).abs().max(-1).values
+    flips = int((last[0].argmax(-1) != last[1].argmax(-1)).sum())
+    _say(f"pad position id 0 (transformers 5) vs 1 (4.28): first-step logits of the {int(short.sum())} padded rows "
+         f"move by max {float(d[short].max()):.2g}, full rows by {float(d[~short].max()):.2g}; first token changes "
+         f"in {flips} of 8 rows (tiny Llama)")
+    assert float(d[~short].max()) == 0.0 and float(d[short].min()) > 0
+
 def test_test_loader_drops_last_rows(ref_teacher):
     """data_interface.py:152-160: the test loader has drop_last=True; reimpl's eval_batches scores every row."""
     from reimpl.ilora.train import DataConfig, LastFMData, eval_batches
