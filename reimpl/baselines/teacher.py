@@ -108,9 +108,8 @@ def run_teacher(spec: TeacherSpec, rows: Sequence[int], out: Path, data_name: st
     """Run (or resume) the phases (``train`` is always completed first); returns ``tocf/<data_name>``."""
     import torch
 
-    from reimpl.ilora.optim import OptimConfig
     from reimpl.ilora.prompt import load_prompts
-    from reimpl.ilora.train import DataConfig, LastFMData, TrainConfig, train
+    from reimpl.ilora.train import DataConfig, LastFMData
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -129,53 +128,9 @@ def run_teacher(spec: TeacherSpec, rows: Sequence[int], out: Path, data_name: st
     prompts = load_prompts(str(p["prompt"]))
     timings["load_s"] = time.perf_counter() - t
 
-    # ---- phase 1: train (chunked, resumable) -------------------------------------------------------
     dcfg = DataConfig(data_dir=str(p["data_dir"]), prompt_path=str(p["prompt"]), cans_num=spec.cans_num,
                       mode=spec.mode)
-    tr_path, ckpt_dir = out / "train.json", out / "ckpt"
-    tr = json.loads(tr_path.read_text()) if tr_path.is_file() else None
-    if tr is not None and tr.get("spec") != _train_spec(spec):
-        raise ValueError(f"{tr_path}: written for another teacher training spec; remove {out} to retrain")
-    tr = tr or {"spec": _train_spec(spec), "losses": [], "lrs": [], "emb_batches": 0, "seconds": 0.0,
-                "global_step": 0, "done": False}
-    ocfg = OptimConfig(lr=spec.lr, mode=spec.mode)
-    tcfg = TrainConfig(batch_size=spec.batch_size, accumulate_grad_batches=spec.accumulate,
-                       max_epochs=spec.max_epochs, seed=spec.seed, limit_rows=spec.train_rows, optim=ocfg,
-                       mode=spec.mode)
-    data_tr = LastFMData(dcfg, "train")
-    per_epoch = min(len(data_tr), spec.train_rows) // spec.batch_size
-    total = per_epoch * spec.max_epochs
-    ckpt = ckpt_dir / "last.ckpt"
-    from tqdm.auto import tqdm
-
-    if not tr["done"]:
-        if ckpt.is_file() and tr["losses"]:
-            ck = torch.load(ckpt, map_location="cpu", weights_only=False)
-            at = ck["epoch"] * per_epoch + ck["batch_in_epoch"]
-            if at != len(tr["losses"]):
-                raise ValueError(f"{ckpt} is at micro-batch {at} but {tr_path} logged {len(tr['losses'])}; "
-                                 f"the run was interrupted between the two writes: remove {out} to retrain")
-
-        bar = tqdm(total=total, initial=len(tr["losses"]), desc=f"teacher {spec.name} train", unit="batch",
-                   disable=not progress)
-        while not tr["done"]:
-            resume = ckpt if (ckpt.is_file() and tr["losses"]) else None
-            r = train(teacher, data_tr, prompts, tcfg, ckpt_dir=ckpt_dir, resume=resume, progress=False,
-                      stop_after_batches=spec.chunk)
-            tr["losses"] += r.losses
-            tr["lrs"] += r.lrs
-            tr["emb_batches"] += r.emb_batches
-            tr["seconds"] += r.seconds
-            tr["global_step"] = r.global_step
-            tr["done"] = len(tr["losses"]) >= total
-            _write_json(tr_path, tr)
-            bar.update(len(r.losses))
-            bar.set_postfix(loss=f"{tr['losses'][-1]:.3f}", step=tr["global_step"])
-        bar.close()
-    else:
-        from reimpl.ilora.train import load_checkpoint
-
-        load_checkpoint(ckpt, teacher)
+    tr = _train_phase(spec, teacher, prompts, dcfg, out, progress)
     timings["train_s"] = tr["seconds"]
     teacher.eval()
 
@@ -184,25 +139,96 @@ def run_teacher(spec: TeacherSpec, rows: Sequence[int], out: Path, data_name: st
         _write_json(summary_path, {"spec": _spec_json(spec), "done": False, "timings": timings})
         return tocf
     # ---- phase 2: export for the student slice (chunked, resumable) ------------------------------------
-    from reimpl.extensions.uamd import score_rows_with_uncertainty, write_uncertainty
-    from reimpl.ilora.export import write_tocf
-    from reimpl.ilora.train import all_item_embeddings
-
     full = LastFMData(DataConfig(data_dir=str(p["data_dir"]), prompt_path=str(p["prompt"]), cans_num=spec.cans_num,
                                  mode=spec.mode, min_len_seq=1), "train")   # unfiltered = DLLM2Rec's frame
     if rows and max(rows) >= len(full):
         raise ValueError(f"teacher export: row {max(rows)} outside the train frame ({len(full)} rows)")
-    exp_dir = out / "export"
+    parts = _export_chunks(spec, teacher, full, prompts, rows, out / "export", progress, timings)
+    folder, rank, unc = _write_export(spec, teacher, full, rows, parts, out, data_name, timings)
+    quality = _export_quality(spec, full, rows, rank, unc)
+    # ---- phase 3: evaluate (generation HR@1 / ValidRatio), after the export the students need ---------------
+    evals = _evaluate(spec, teacher, prompts, dcfg, out, phases, log)
+    _write_json(summary_path, {
+        "spec": _spec_json(spec), "rows_sha": _rows_sha(rows), "done": "eval" in phases,
+        "train": {k: tr[k] for k in ("losses", "lrs", "emb_batches", "seconds", "global_step")},
+        "eval": {s: {k: v for k, v in e.items() if k != "generations"} for s, e in evals.items()},
+        "export": quality, "timings": timings, "tocf": str(folder)})
+    return folder
+
+
+def _train_phase(spec: TeacherSpec, teacher, prompts, dcfg, out: Path, progress: bool) -> dict:
+    """Phase 1: train ``spec.chunk`` micro-batches at a time, logging to ``train.json`` and checkpointing
+    after each chunk (resumable); a finished run only loads its checkpoint. Returns the ``train.json`` record."""
+    import torch
+    from tqdm.auto import tqdm
+
+    from reimpl.ilora.optim import OptimConfig
+    from reimpl.ilora.train import LastFMData, TrainConfig, load_checkpoint, train
+
+    tr_path, ckpt_dir = out / "train.json", out / "ckpt"
+    tr = json.loads(tr_path.read_text()) if tr_path.is_file() else None
+    if tr is not None and tr.get("spec") != _train_spec(spec):
+        raise ValueError(f"{tr_path}: written for another teacher training spec; remove {out} to retrain")
+    tr = tr or {"spec": _train_spec(spec), "losses": [], "lrs": [], "emb_batches": 0, "seconds": 0.0,
+                "global_step": 0, "done": False}
+    tcfg = TrainConfig(batch_size=spec.batch_size, accumulate_grad_batches=spec.accumulate,
+                       max_epochs=spec.max_epochs, seed=spec.seed, limit_rows=spec.train_rows,
+                       optim=OptimConfig(lr=spec.lr, mode=spec.mode), mode=spec.mode)
+    data_tr = LastFMData(dcfg, "train")
+    per_epoch = min(len(data_tr), spec.train_rows) // spec.batch_size
+    total = per_epoch * spec.max_epochs
+    ckpt = ckpt_dir / "last.ckpt"
+    if tr["done"]:
+        load_checkpoint(ckpt, teacher)
+        return tr
+    if ckpt.is_file() and tr["losses"]:
+        ck = torch.load(ckpt, map_location="cpu", weights_only=False)
+        at = ck["epoch"] * per_epoch + ck["batch_in_epoch"]
+        if at != len(tr["losses"]):
+            raise ValueError(f"{ckpt} is at micro-batch {at} but {tr_path} logged {len(tr['losses'])}; "
+                             f"the run was interrupted between the two writes: remove {out} to retrain")
+    bar = tqdm(total=total, initial=len(tr["losses"]), desc=f"teacher {spec.name} train", unit="batch",
+               disable=not progress)
+    while not tr["done"]:
+        resume = ckpt if (ckpt.is_file() and tr["losses"]) else None
+        r = train(teacher, data_tr, prompts, tcfg, ckpt_dir=ckpt_dir, resume=resume, progress=False,
+                  stop_after_batches=spec.chunk)
+        tr["losses"] += r.losses
+        tr["lrs"] += r.lrs
+        tr["emb_batches"] += r.emb_batches
+        tr["seconds"] += r.seconds
+        tr["global_step"] = r.global_step
+        tr["done"] = len(tr["losses"]) >= total
+        _write_json(tr_path, tr)
+        bar.update(len(r.losses))
+        bar.set_postfix(loss=f"{tr['losses'][-1]:.3f}", step=tr["global_step"])
+    bar.close()
+    return tr
+
+
+def export_chunk_bounds(n_rows: int, chunk: int) -> list[tuple[int, int]]:
+    """``[(start, end)]`` of the export chunks: ``chunk`` rows each, no 1-row last chunk (merged into the one
+    before; chunk i draws with seed + i, so this is kept for existing exports to resume identically)."""
+    bounds = list(range(0, n_rows, chunk)) + [n_rows]
+    if len(bounds) > 2 and bounds[-1] - bounds[-2] < 2:
+        bounds.pop(-2)
+    return list(zip(bounds[:-1], bounds[1:]))
+
+
+def _export_chunks(spec: TeacherSpec, teacher, full, prompts, rows: list[int], exp_dir: Path, progress: bool,
+                   timings: dict) -> list:
+    """Score the rows chunk by chunk into ``export/chunk_<i>.npz`` (finished chunks are kept); returns the
+    loaded chunks, checked to cover exactly ``rows`` in order."""
+    from tqdm.auto import tqdm
+
+    from reimpl.extensions.uamd import score_rows_with_uncertainty
+
     exp_dir.mkdir(exist_ok=True)
-    bounds = list(range(0, len(rows), spec.export_chunk)) + [len(rows)]
-    if len(bounds) > 2 and bounds[-1] - bounds[-2] < 2:   # no 1-row last chunk (chunk i draws with seed + i;
-        bounds.pop(-2)                                     # kept so existing exports resume identically)
-    chunks = list(zip(bounds[:-1], bounds[1:]))
+    chunks = export_chunk_bounds(len(rows), spec.export_chunk)
     t = time.perf_counter()
     done_before = sum((exp_dir / f"chunk_{i:04d}.npz").is_file() for i in range(len(chunks)))
     bar = tqdm(total=len(rows), desc=f"teacher {spec.name} export", unit="row", disable=not progress,
                initial=sum(b - a for i, (a, b) in enumerate(chunks) if (exp_dir / f"chunk_{i:04d}.npz").is_file()))
-    item_num = full.cfg.padding_item_id
     for i, (a, b) in enumerate(chunks):
         cp = exp_dir / f"chunk_{i:04d}.npz"
         if cp.is_file():
@@ -218,39 +244,49 @@ def run_teacher(spec: TeacherSpec, rows: Sequence[int], out: Path, data_name: st
         timings["export_score_s"] = timings.get("export_score_s", 0.0) + time.perf_counter() - t
         timings["export_rows_timed"] = timings.get("export_rows_timed", 0) + sum(
             b - a for (a, b) in chunks[done_before:])
+    parts = [np.load(exp_dir / f"chunk_{i:04d}.npz") for i in range(len(chunks))]
+    got_rows = np.concatenate([q["rows"] for q in parts])
+    if not np.array_equal(got_rows, np.asarray(rows)):
+        raise ValueError(f"{exp_dir}: export chunks cover other rows than requested; remove the folder")
+    return parts
+
+
+def _write_export(spec: TeacherSpec, teacher, full, rows: list[int], parts: list, out: Path, data_name: str,
+                  timings: dict):
+    """``tocf/<data_name>/`` from the chunks + the all-items embeddings (cached in ``item_embeddings.pt``);
+    returns (folder, rank ``[R, k]``, uncertainty ``[R]``)."""
+    import torch
+
+    from reimpl.extensions.uamd import write_uncertainty
+    from reimpl.ilora.export import write_tocf
+    from reimpl.ilora.train import all_item_embeddings
+
     emb_path = out / "item_embeddings.pt"
     if not emb_path.is_file():
         t = time.perf_counter()
         torch.save(all_item_embeddings(teacher, full, "llm").contiguous(), emb_path)
         timings["embeddings_s"] = time.perf_counter() - t
     emb = torch.load(emb_path, weights_only=True)
-    parts = [np.load(exp_dir / f"chunk_{i:04d}.npz") for i in range(len(chunks))]
-    got_rows = np.concatenate([q["rows"] for q in parts])
-    if not np.array_equal(got_rows, np.asarray(rows)):
-        raise ValueError(f"{exp_dir}: export chunks cover other rows than requested; remove the folder")
     rank = np.concatenate([q["rank"] for q in parts])
     conf = np.concatenate([q["confidence"] for q in parts])
     unc = np.concatenate([q["uncertainty"] for q in parts])
-    folder = write_tocf(out, data_name, rank, conf, emb, item_num, pad_dim=spec.pad_dim)
+    folder = write_tocf(out, data_name, rank, conf, emb, full.cfg.padding_item_id, pad_dim=spec.pad_dim)
     write_uncertainty(folder, unc)
     np.savetxt(folder / "rows.txt", np.asarray(rows, dtype=np.int64), fmt="%d")
-    # target of each exported row among the teacher's top-k (how good is the ranking the students get)
+    return folder, rank, unc
+
+
+def _export_quality(spec: TeacherSpec, full, rows: list[int], rank: np.ndarray, unc: np.ndarray) -> dict:
+    """Where each exported row's target sits in the teacher's top-k (how good the ranking the students get is)."""
     targets = full.frame["next"].to_numpy()[np.asarray(rows)]
     hit = (rank == targets[:, None])
     pos = np.where(hit.any(1), hit.argmax(1) + 1, 0)
-    quality = {"rows": len(rows), "k": spec.topk, "cans_num": spec.cans_num,
-               "target_in_topk": float(hit.any(1).mean()),
-               "target_at_1": float((pos == 1).mean()),
-               "chance_in_topk": spec.topk / spec.cans_num, "chance_at_1": 1 / spec.cans_num,
-               "mean_rank_when_in_topk": float(pos[pos > 0].mean()) if (pos > 0).any() else None,
-               "uncertainty_mean": float(unc.mean()), "uncertainty_median": float(np.median(unc))}
-    # ---- phase 3: evaluate (generation HR@1 / ValidRatio), after the export the students need ---------------
-    evals = _evaluate(spec, teacher, prompts, dcfg, out, phases, log)
-    _write_json(summary_path, {"spec": _spec_json(spec), "rows_sha": _rows_sha(rows), "done": "eval" in phases,
-                               "train": {k: tr[k] for k in ("losses", "lrs", "emb_batches", "seconds", "global_step")},
-                               "eval": {s: {k: v for k, v in e.items() if k != "generations"} for s, e in evals.items()},
-                               "export": quality, "timings": timings, "tocf": str(folder)})
-    return folder
+    return {"rows": len(rows), "k": spec.topk, "cans_num": spec.cans_num,
+            "target_in_topk": float(hit.any(1).mean()),
+            "target_at_1": float((pos == 1).mean()),
+            "chance_in_topk": spec.topk / spec.cans_num, "chance_at_1": 1 / spec.cans_num,
+            "mean_rank_when_in_topk": float(pos[pos > 0].mean()) if (pos > 0).any() else None,
+            "uncertainty_mean": float(unc.mean()), "uncertainty_median": float(np.median(unc))}
 
 
 def _evaluate(spec: TeacherSpec, teacher, prompts, dcfg, out: Path, phases: Sequence[str], log) -> dict:
