@@ -16,7 +16,10 @@
   every position, as they must. The 1x1 ``Conv1d`` layers of the feed-forward block are applied as the
   matrix products they are (``F.linear`` with the ``[H, H, 1]`` weight viewed ``[H, H]``; ~8x faster here).
   Dropout draws a mask for the elements that are used only: the same law per element, fewer draws.
-* Caser: the model's own forward.
+* Caser (:func:`caser_repr`): each horizontal ``Conv2d(1, F, (h, H))`` is ``sum_r x[t + r] . W[r]``, computed as
+  one product of ``x`` with every filter row at once followed by shifted sums, and the vertical ``Conv2d(1, 1, (L, 1))`` a weighted sum over
+  positions; the same sums as main.py:124-137 without the convolution kernels (whose CPU backward dominates
+  the step). Dropout is the model's, on the same ``[B, F * n + H]`` tensor (same draws).
 * Scores at a few columns (:func:`scores_at`): every student ends in ``s_fc(r)`` with ``r`` ``[B, D]`` its
   sequence representation, and ``s_fc(r)[b, j] = r_b . W_j + c_j``. When a loss reads only ``[B, J]``
   columns (the BCE with one negative and no DRO / distillation) the ``[B, I]`` head is not computed.
@@ -31,7 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from reimpl.dllm2rec.injection import LOOKUP_DTYPE, ProjectedLLMEmb, inject
-from reimpl.models import GRU, SASRec
+from reimpl.models import GRU, Caser, SASRec
 from reimpl.models.sasrec import MASK_VALUE
 
 
@@ -86,6 +89,8 @@ def scores(model: nn.Module, seq: torch.Tensor, len_seq: torch.Tensor,
         llm = project_batch(seq, table_ext, model.fc_4096_64)
     if isinstance(model, SASRec):
         return model.s_fc(sasrec_repr(model, seq, len_seq, llm))
+    if isinstance(model, Caser):
+        return model.s_fc(caser_repr(model, seq, llm))
     if isinstance(model, GRU):
         emb = inject(model.item_embeddings(seq), llm, model.fc_4096_64, model.ed_weight)
         out, _ = model.gru(emb)  # [B, L, H], last layer
@@ -124,3 +129,24 @@ def sasrec_repr(m: SASRec, states: torch.Tensor, len_states: torch.Tensor, llm=N
                    ff.w_2.bias)
     z = ff.layer_norm(ff.dropout(out) + z)
     return m.ln_3(z * mask[rows, pos])
+
+
+def caser_repr(m: Caser, states: torch.Tensor, llm=None) -> torch.Tensor:
+    """``[B, F * n + H]``: the input of ``s_fc`` in :class:`reimpl.models.Caser` (fixed), dropout applied."""
+    B, L = states.shape
+    x = inject(m.item_embeddings(states), llm, m.fc_4096_64, m.ed_weight)
+    x = x * torch.ne(states, m.item_num).float().unsqueeze(-1)  # [B, L, H]
+    H = x.size(-1)
+    # every (filter, row r of its window) pair in one product: y[b, l, (f, r)] = x[b, l] . W_f[r]; the
+    # convolution at time t is then sum_r y[b, t + r, (f, r)]
+    ws = [conv.weight.view(conv.out_channels, h, H).transpose(0, 1).reshape(h * conv.out_channels, H)
+          for conv, h in zip(m.horizontal_cnn, m.filter_sizes)]
+    y = F.linear(x, torch.cat(ws))  # [B, L, sum_h h * F]
+    pooled, off = [], 0
+    for conv, h in zip(m.horizontal_cnn, m.filter_sizes):
+        nf, T = conv.out_channels, L - h + 1
+        c = conv.bias + sum(y[:, r:r + T, off + r * nf: off + (r + 1) * nf] for r in range(h))  # [B, T, F]
+        pooled.append(F.relu(c).max(dim=1).values)
+        off += h * nf
+    v = F.relu(torch.einsum("blh,l->bh", x, m.vertical_cnn.weight.view(L)) + m.vertical_cnn.bias)  # [B, H]
+    return m.dropout(torch.cat([*pooled, v], 1))

