@@ -4,7 +4,7 @@ PY    := .venv/bin/python
 STAMP := .venv/.recparity-stamp
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: setup refs refs-optional test parity golden bench baseline baseline-quick extensions teacher-curve clean-refs
+.PHONY: setup refs refs-optional test parity drift golden bench baseline baseline-quick extensions teacher-curve clean-refs
 
 setup: $(STAMP)
 
@@ -28,8 +28,13 @@ refs-optional: setup
 test: setup refs-optional
 	$(PY) -m pytest
 
-parity: setup refs-optional
-	$(PY) -m parity.run
+# Fails when a reference checkout is absent or does not verify (the file is named), unless GOLDEN_ONLY=1.
+parity: setup $(if $(GOLDEN_ONLY),,refs)
+	$(PY) -m parity.run $(if $(GOLDEN_ONLY),--golden-only)
+
+# How far the reference's own outputs move between kernel sets -> parity/drift.json (~1.5 min)
+drift: setup refs
+	$(PY) -m parity.drift
 
 golden: setup refs
 	$(PY) -m parity.golden
@@ -56,6 +61,16 @@ baseline: setup refs
 # also run by the test suite.
 baseline-quick: setup refs-optional
 	$(PY) -m reimpl.baselines run --plan quick
+
+# Converged baselines (issue 15): tables and figures of reports/baselines_converged.md from the committed results
+# store (results/converged/) only; no training (seconds).
+baseline-report: setup
+	$(PY) -m reimpl.baselines.converged report
+
+# Converged baselines, resumable: every finished run adds one record to results/converged/ (JOBS runs at once).
+baseline-converged: setup
+	$(PY) -m reimpl.baselines.converged run --jobs $${JOBS:-1}
+	$(PY) -m reimpl.baselines.converged report
 
 # Multi-step teacher loss curve, reference MInterface (Lightning) vs reimpl train(), real SmolLM2
 # -> reports/teacher_curve.md (~4-8 min on 2 cores)

@@ -33,6 +33,7 @@ missing the case is reported as skipped, with the reason.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import pkgutil
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -66,6 +67,15 @@ class Case:
     deviation_outputs: dict[str, str] = field(default_factory=dict)
     needs: list[str] = field(default_factory=list)
     description: str = ""             # one paragraph: what the reference does, how we match it
+    # Golden file recorded on another platform (parity/kernels.py kernel_key): its outputs are compared
+    # at this tolerance, derived from the reference's own drift between kernel sets (parity/drift.json,
+    # `python -m parity.drift`) and stated in xplat_note. None: the strict tolerance holds everywhere.
+    xplat_rtol: float | None = None
+    xplat_atol: float | None = None
+    xplat_note: str = ""
+    # True where the measured drift makes any golden comparison off its platform meaningless (Adam in
+    # float32): there only the live reference checks the case
+    xplat_live_only: bool = False
 
     def __post_init__(self) -> None:
         if self.system not in SYSTEMS:
@@ -86,6 +96,32 @@ class Case:
             raise ValueError(f"case {self.name}: deviation_outputs names undeclared deviations {sorted(unknown)}")
         if not self.ref_lines:
             raise ValueError(f"case {self.name}: ref_lines must name the reference file:line it exercises")
+        if self.xplat_live_only and not self.xplat_note:
+            raise ValueError(f"case {self.name}: xplat_live_only needs xplat_note (the measured drift)")
+        if self.xplat_rtol is None and self.xplat_atol is None:
+            self.xplat_rtol, self.xplat_atol = self.rtol, self.atol
+        else:
+            if not self.xplat_note:
+                raise ValueError(f"case {self.name}: a cross-platform tolerance needs xplat_note (the drift "
+                                 "measured between kernel sets that it is derived from)")
+            self.xplat_rtol = self.rtol if self.xplat_rtol is None else self.xplat_rtol
+            self.xplat_atol = self.atol if self.xplat_atol is None else self.xplat_atol
+
+    @property
+    def has_xplat(self) -> bool:
+        return self.xplat_live_only or (self.xplat_rtol, self.xplat_atol) != (self.rtol, self.atol)
+
+
+def missing_needs(case: Case) -> str:
+    """Why a case cannot run here ('' when it can)."""
+    from reimpl.paths import SHARED
+
+    for need in case.needs:
+        if need == "shared" and not (SHARED / "data").is_dir():
+            return f"needs ../shared/data (looked in {SHARED}; RECPARITY_SHARED moves it)"
+        if need.startswith("module:") and importlib.util.find_spec(need[7:]) is None:
+            return f"needs Python package {need[7:]}"
+    return ""
 
 
 _REGISTRY: dict[str, Case] = {}

@@ -6,7 +6,8 @@ inputs (reference code loaded from the verified ``ref_repositories/`` checkout) 
 
 - tensors ``in/<name>`` (array inputs) and ``out/<name>`` (numeric reference outputs);
 - metadata (strings): case, system, component, seed, dtype, ref_repo, ref_commit, the library
-  versions, ``params`` (JSON of the non-array inputs) and ``structural`` (JSON of the non-numeric
+  versions, ``platform`` (CPU vendor/model, torch CPU capability, numpy SIMD targets in use, BLAS, MKL
+  and oneDNN builds, threads, kernel caps: ``parity/kernels.py``), ``params`` (JSON of the non-array inputs) and ``structural`` (JSON of the non-numeric
   reference outputs).
 
 Golden files are never written from reimpl: this module imports nothing from ``reimpl`` and
@@ -24,8 +25,10 @@ from typing import Any
 
 import numpy as np
 
+from parity.kernels import fingerprint
+
 GOLDEN_DIR = Path(__file__).resolve().parent / "golden"
-FORMAT_VERSION = "2"
+FORMAT_VERSION = "3"
 # Array inputs larger than this are not stored: the file keeps their sha256 (+ shape, dtype) and the
 # runner regenerates them with the case's seeded generator and checks the digest bit for bit. Outputs
 # (what the reference computed) are always stored in full.
@@ -111,6 +114,7 @@ def write(case, inputs: dict[str, Any], outputs: dict[str, Any], ref_commit: str
         "ref_commit": ref_commit,
         "ref_lines": json.dumps(case.ref_lines),
         "versions": json.dumps(library_versions(), sort_keys=True),
+        "platform": json.dumps(fingerprint(), sort_keys=True),
         "params": json.dumps(in_params, sort_keys=True),
         "input_digests": json.dumps(digests, sort_keys=True),
         "structural": json.dumps(out_struct, sort_keys=True),
@@ -165,6 +169,11 @@ class Golden:
     def seed(self) -> int:
         return int(self.meta["seed"])
 
+    @property
+    def platform(self) -> dict:
+        """Where the reference outputs were recorded (parity/kernels.py fingerprint); {} if unstamped."""
+        return json.loads(self.meta.get("platform", "{}"))
+
 
 def load(case_name: str) -> Golden:
     return Golden(golden_path(case_name))
@@ -172,7 +181,7 @@ def load(case_name: str) -> Golden:
 
 def record(names: list[str] | None = None, log=print) -> int:
     """Run the reference side of the selected cases and write their golden files."""
-    from parity.case import all_cases
+    from parity.case import all_cases, missing_needs
     from parity.materialize import load_lock, verify
 
     sys.dont_write_bytecode = True
@@ -190,8 +199,6 @@ def record(names: list[str] | None = None, log=print) -> int:
         if case.system not in verified:
             verify(spec)  # golden vectors only ever come from the pinned, unmodified reference
             verified.add(case.system)
-        from parity.run import missing_needs
-
         why = missing_needs(case)
         if why:
             log(f"skip  {name}: {why}")

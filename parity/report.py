@@ -112,7 +112,12 @@ def render(results, live_available: dict[str, bool]) -> str:
     lock = load_lock()
     from parity.golden import library_versions
 
+    from parity.kernels import describe, fingerprint
+
+    golden_platforms = sorted({r.golden_platform or "unstamped" for r in results if "golden" in r.sources})
     text = env.get_template("parity.md.j2").render(
+        platform=describe(fingerprint()),
+        golden_platforms=golden_platforms or ["–"],
         generated=_dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         refs=list(lock.values()),
         live=live_available,

@@ -2,15 +2,16 @@
 ``ref_repositories/`` is materialized), measure the declared deviations, write the report.
 
 Exit status: 0 when every case that ran is reproduced (and no golden file drifted from the live
-reference); 1 otherwise; the report is written in either case.
+reference beyond its bound); 1 otherwise (the report is written and every failure names its class:
+logic difference, platform drift, input drift); 2 when a reference checkout is absent or does not
+verify (the file is named) and ``--golden-only`` was not given.
 
-Usage: ``python -m parity.run [--no-live] [--cases NAME ...] [--report reports/parity.md]``.
+Usage: ``python -m parity.run [--golden-only] [--cases NAME ...] [--report reports/parity.md]``.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import sys
 import time
 import traceback
@@ -21,10 +22,11 @@ from typing import Any
 import numpy as np
 
 from parity import golden as G
-from parity.case import Case, all_cases
+from parity.case import Case, all_cases, missing_needs
 from parity.compare import Comparison, compare_outputs
 
-from reimpl.paths import ROOT, SHARED
+from parity.kernels import describe, fingerprint, kernel_key
+from reimpl.paths import ROOT
 
 VERDICT_OK = "Reproduced"
 VERDICT_DEV = "Reproduced with declared deviation"
@@ -32,15 +34,13 @@ VERDICT_FAIL = "Not reproduced"
 VERDICT_NA = "Not applicable"
 VERDICT_SKIP = "Skipped"
 
-
-def missing_needs(case: Case) -> str:
-    """Why a case cannot run here ('' when it can)."""
-    for need in case.needs:
-        if need == "shared" and not (SHARED / "data").is_dir():
-            return f"needs ../shared/data (looked in {SHARED})"
-        if need.startswith("module:") and importlib.util.find_spec(need[7:]) is None:
-            return f"needs Python package {need[7:]}"
-    return ""
+# why a case is not reproduced (CaseResult.failure_class)
+FAIL_LOGIC = "logic difference"
+FAIL_PLATFORM = "platform drift"
+FAIL_UNDECIDED = "logic difference or platform drift"
+FAIL_INPUT = "input drift"
+FAIL_CRASH = "crash"
+FAIL_NO_GOLDEN = "no golden file"
 
 
 @dataclass
@@ -66,6 +66,10 @@ class CaseResult:
     error: str = ""
     skip_reason: str = ""
     seconds: float = 0.0
+    failure_class: str = ""                                  # FAIL_* when not reproduced
+    failure_why: str = ""                                    # one sentence naming the evidence
+    golden_platform: str = ""                                # describe() of where the golden was recorded
+    same_platform: bool = True                               # golden recorded under this kernel key
 
     @property
     def ok(self) -> bool:
@@ -119,6 +123,41 @@ def _effects(case: Case, inputs: dict[str, Any], faithful: dict[str, Any]) -> li
     return out
 
 
+def _classify(r: CaseResult, live_cmp: Comparison | None, gold_cmp: Comparison | None) -> None:
+    """Verdict and failure class from the comparisons (see docs/notes.md, "Comparison policy").
+
+    reimpl vs the live reference on this machine decides logic, at the strict tolerance. The golden file
+    is compared at the strict tolerance when it was recorded under this kernel key, else at the case's
+    cross-platform tolerance: beyond it, with reimpl and live agreeing strictly, the golden file is what
+    moved (platform drift); with no live reference the two causes cannot be told apart.
+    """
+    where = f"golden recorded on {r.golden_platform or 'an unstamped platform'}"
+    if r.input_drift:
+        r.failure_class, r.failure_why = FAIL_INPUT, (
+            f"the seeded generator no longer reproduces the golden inputs ({r.input_drift}); "
+            "re-record with `make golden`")
+    elif live_cmp is not None and not live_cmp.ok:
+        r.failure_class, r.failure_why = FAIL_LOGIC, (
+            "reimpl differs from the live reference on this machine beyond the strict tolerance")
+    elif live_cmp is not None and r.drift is not None and not r.drift.ok:
+        r.failure_class, r.failure_why = FAIL_PLATFORM, (
+            f"{where}; live reference and reimpl agree here within the strict tolerance, but the golden "
+            "outputs differ from this machine's by more than the case's measured cross-platform bound "
+            "(re-measure with `python -m parity.drift`)")
+    elif gold_cmp is not None and not gold_cmp.ok:
+        if r.same_platform:
+            r.failure_class, r.failure_why = FAIL_LOGIC, (
+                "reimpl differs from the golden file recorded under this kernel set (no live reference)")
+        else:
+            r.failure_class, r.failure_why = FAIL_UNDECIDED, (
+                f"{where}; reimpl differs from it beyond the cross-platform bound and no live reference "
+                "is here to tell logic from platform (`make refs`)")
+    if r.failure_class:
+        r.verdict = VERDICT_FAIL
+    else:
+        r.verdict = VERDICT_DEV if r.case.deviations else VERDICT_OK
+
+
 def run_case(case: Case, live: bool) -> CaseResult:
     r = CaseResult(case)
     t0 = time.perf_counter()
@@ -132,42 +171,68 @@ def run_case(case: Case, live: bool) -> CaseResult:
         fresh_inputs = case.make_inputs(case.seed)
         if gold is not None:
             r.input_drift = _same_inputs(fresh_inputs, gold)
+            r.golden_platform = describe(gold.platform) if gold.platform else ""
+            r.same_platform = bool(gold.platform) and kernel_key(gold.platform) == kernel_key(fingerprint())
             # large inputs are kept as digests: take them from the (verified) generator
             inputs = {**gold.inputs, **{k: fresh_inputs[k] for k in gold.input_digests if k in fresh_inputs}}
         else:
             inputs = fresh_inputs
+        g_rtol, g_atol = (case.rtol, case.atol) if r.same_platform else (case.xplat_rtol, case.xplat_atol)
+        if gold is not None and not r.same_platform and case.xplat_live_only:
+            if not live:
+                r.skip_reason = (f"golden recorded on {r.golden_platform or 'another platform'} cannot check "
+                                 f"this case here ({case.xplat_note.split('.')[0]}); needs the live reference")
+                r.seconds = time.perf_counter() - t0
+                return r
+            gold = None  # checked against the live reference only
         ours = case.run_reimpl(dict(inputs), "faithful")
+        gold_cmp = live_cmp = None
         if gold is not None:
             r.sources.append("golden")
-            r.comparisons.append(compare_outputs("reimpl vs golden", ours, gold.outputs, case.rtol, case.atol))
+            gold_cmp = compare_outputs("reimpl vs golden", ours, gold.outputs, g_rtol, g_atol)
+            r.comparisons.append(gold_cmp)
         if live:
             ref_out = case.run_reference(dict(inputs))
             r.sources.append("live")
-            r.comparisons.append(compare_outputs("reimpl vs live reference", ours, ref_out, case.rtol, case.atol))
+            live_cmp = compare_outputs("reimpl vs live reference", ours, ref_out, case.rtol, case.atol)
+            r.comparisons.append(live_cmp)
             if gold is not None:
-                r.drift = compare_outputs("golden vs live reference", gold.outputs, ref_out, case.rtol, case.atol)
+                r.drift = compare_outputs("golden vs live reference", gold.outputs, ref_out, g_rtol, g_atol)
         if not r.comparisons:
-            r.verdict = VERDICT_FAIL
+            r.verdict, r.failure_class = VERDICT_FAIL, FAIL_NO_GOLDEN
             r.error = f"no golden file ({gpath.name}) and no live reference: run `make golden`"
-        elif all(c.ok for c in r.comparisons) and (r.drift is None or r.drift.ok) and not r.input_drift:
-            r.verdict = VERDICT_DEV if case.deviations else VERDICT_OK
         else:
-            r.verdict = VERDICT_FAIL
-            if gold is None:
+            _classify(r, live_cmp, gold_cmp)
+            if not gpath.is_file():
+                r.verdict, r.failure_class = VERDICT_FAIL, FAIL_NO_GOLDEN
                 r.error = f"no golden file ({gpath.name}): run `make golden`"
         if case.deviations:
             r.effects = _effects(case, inputs, ours)
     except Exception as e:  # a crash is a finding, reported, never hidden
-        r.verdict = VERDICT_FAIL
+        r.verdict, r.failure_class = VERDICT_FAIL, FAIL_CRASH
         r.error = f"{type(e).__name__}: {e}\n" + "".join(traceback.format_exc(limit=-4))
     r.seconds = time.perf_counter() - t0
     return r
 
 
-def live_systems() -> dict[str, bool]:
-    from parity.materialize import available, load_lock
+def ref_status() -> dict[str, str]:
+    """``{system: ''}`` for a reference checkout that verifies, else the reason naming the file
+    (missing checkout, wrong commit, an edited, missing or extra file)."""
+    from parity.materialize import load_lock
+    from reimpl.refs_lock import RefError, verify
 
-    return {name: available(name) for name in load_lock()}
+    out = {}
+    for name, spec in load_lock().items():
+        try:
+            verify(spec)
+            out[name] = ""
+        except RefError as e:
+            out[name] = str(e)
+    return out
+
+
+def live_systems() -> dict[str, bool]:
+    return {name: not why for name, why in ref_status().items()}
 
 
 def run_all(names: list[str] | None = None, live: bool = True, log=print) -> list[CaseResult]:
@@ -185,8 +250,8 @@ def run_all(names: list[str] | None = None, live: bool = True, log=print) -> lis
         for c in res.comparisons + ([res.drift] if res.drift else []):
             for f in c.failures():
                 log(f"    {c.label}: {f}")
-        if res.input_drift:
-            log(f"    input drift: {res.input_drift} (re-record with `make golden`)")
+        if res.failure_class:
+            log(f"    {res.failure_class}: {res.failure_why}")
         if res.error:
             log("    " + res.error.strip().replace("\n", "\n    "))
         results.append(res)
@@ -195,7 +260,9 @@ def run_all(names: list[str] | None = None, live: bool = True, log=print) -> lis
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--no-live", action="store_true", help="golden vectors only, even where refs exist")
+    ap.add_argument("--golden-only", "--no-live", dest="golden_only", action="store_true",
+                    help="compare with the golden vectors only; without it a reference checkout that is "
+                         "absent or does not verify is an error")
     ap.add_argument("--cases", nargs="*", help="case names or prefixes ending in *")
     ap.add_argument("--report", default=str(ROOT / "reports" / "parity.md"))
     a = ap.parse_args(argv)
@@ -205,12 +272,21 @@ def main(argv: list[str] | None = None) -> int:
     # thread count keeps the float reductions (hence the report's error figures) identical run to run.
     torch.set_num_threads(1)
     t0 = time.perf_counter()
-    results = run_all(a.cases, live=not a.no_live)
+    if not a.golden_only:
+        bad = {n: why for n, why in ref_status().items() if why}
+        if bad:
+            for n, why in bad.items():
+                print(f"parity: reference {n} unusable: {why}", file=sys.stderr)
+            print("parity: refusing to fall back to golden vectors silently; fix the checkout (`make refs`, "
+                  "FORCE=1 to re-extract) or ask for golden-only comparison (--golden-only, "
+                  "`make parity GOLDEN_ONLY=1`)", file=sys.stderr)
+            return 2
+    results = run_all(a.cases, live=not a.golden_only)
     from parity.report import render
 
     path = Path(a.report)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(render(results, live_available=live_systems() if not a.no_live else {}))
+    path.write_text(render(results, live_available=live_systems() if not a.golden_only else {}))
     n_fail = sum(not r.ok for r in results)
     print(f"\n{len(results)} cases, {n_fail} not reproduced; report: {path} ({time.perf_counter() - t0:.1f}s)")
     return 1 if n_fail else 0

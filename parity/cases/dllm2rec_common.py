@@ -20,17 +20,17 @@ def ref():
     return dllm2rec()
 
 
-def sequences(rs: np.random.RandomState, n: int, item_num: int, L: int, zero_len: bool = False):
+def sequences(rs: np.random.Generator, n: int, item_num: int, L: int, zero_len: bool = False):
     """Right-padded histories ``[n, L]`` (padding id ``item_num``), lengths ``[n]``, targets ``[n]``."""
-    lens = rs.randint(1, L + 1, size=n)
+    lens = rs.integers(1, L + 1, size=n)
     lens[0] = L
     if n > 1:
         lens[1] = 1
     if zero_len and n > 2:
         lens[2] = 0
-    seq = rs.randint(0, item_num, size=(n, L))
+    seq = rs.integers(0, item_num, size=(n, L))
     seq[np.arange(L)[None, :] >= lens[:, None]] = item_num
-    return seq.astype(np.int64), lens.astype(np.int64), rs.randint(0, item_num, size=n).astype(np.int64)
+    return seq.astype(np.int64), lens.astype(np.int64), rs.integers(0, item_num, size=n).astype(np.int64)
 
 
 def param_spec(name: str, dims=DIMS) -> list[tuple[str, tuple[int, ...]]]:
@@ -39,7 +39,7 @@ def param_spec(name: str, dims=DIMS) -> list[tuple[str, tuple[int, ...]]]:
     return [(k, tuple(v.shape)) for k, v in m.state_dict().items()]
 
 
-def random_params(rs: np.random.RandomState, name: str, dims=DIMS) -> dict[str, np.ndarray]:
+def random_params(rs: np.random.Generator, name: str, dims=DIMS) -> dict[str, np.ndarray]:
     """Seeded random values for every tensor of the student (LayerNorm weights around 1)."""
     out = {}
     for k, shape in param_spec(name, dims):
@@ -105,7 +105,7 @@ def loss_batch(seed: int, B: int = 9, K: int = 10, n_train: int = 40, scale: flo
     """A scored batch: histories, targets, scores ``[B, I]`` float64, teacher rows for ``n_train`` train
     rows (candidates ``[n_train, K+2]``, confidences), the batch's row ids ``sample`` ``[B]``, propensity
     scores from seeded train targets, and one fixed negative per row."""
-    rs = np.random.RandomState(seed)
+    rs = np.random.default_rng(seed)
     I, L = DIMS["item_num"], DIMS["state_size"]
     seq, lens, target = sequences(rs, B, I, L)
     scores = rs.standard_normal((B, I)) * scale
@@ -113,12 +113,12 @@ def loss_batch(seed: int, B: int = 9, K: int = 10, n_train: int = 40, scale: flo
         scores[0, :12] = scores[0, 0]
         scores[1] = np.round(scores[1])
     cand = np.stack([rs.permutation(I)[:K + 2] for _ in range(n_train)]).astype(np.int64)
-    conf = (rs.random_sample((n_train, K + 2)) * 5).astype(np.float32)
+    conf = (rs.random((n_train, K + 2)) * 5).astype(np.float32)
     return {"seq": seq, "len_seq": lens, "target": target, "model_output": scores,
             "all_candidate": cand, "llm_confidence": conf,
             "sample": rs.choice(n_train, B, replace=False).astype(np.int64),
-            "train_next": rs.randint(0, I, size=200).astype(np.int64),
-            "target_neg": rs.randint(0, I, size=(B, 1)).astype(np.int64),
+            "train_next": rs.integers(0, I, size=200).astype(np.int64),
+            "target_neg": rs.integers(0, I, size=(B, 1)).astype(np.int64),
             "item_num": I, "K": K}
 
 

@@ -20,11 +20,11 @@ TOPK = [1, 5, 10, 20]
 
 
 def make_inputs_metrics(seed: int) -> dict:
-    rs = np.random.RandomState(seed)
+    rs = np.random.default_rng(seed)
     N, I = 64, C.DIMS["item_num"]
     pred = np.round(rs.standard_normal((N, I)), 1)  # many ties
     pred[:4] = 0.0  # all-tied rows
-    targets = rs.randint(0, I, size=N).astype(np.float64)
+    targets = rs.integers(0, I, size=N).astype(np.float64)
     targets[-1] = I + 3.0  # a target that is not an item: never hit
     return {"prediction": pred.astype(np.float32), "targets": targets}
 
@@ -49,7 +49,7 @@ def run_reimpl_metrics(inputs: dict, mode: str) -> dict:
 
 
 def make_inputs_eval(seed: int) -> dict:
-    rs = np.random.RandomState(seed)
+    rs = np.random.default_rng(seed)
     seq, lens, target = C.sequences(rs, 37, C.DIMS["item_num"], C.DIMS["state_size"])
     inp = {"seq": seq, "len_seq": lens, "next": target.astype(np.float64),
            "llm_table": rs.standard_normal((C.DIMS["item_num"], C.DIMS["d_llm"])).astype(np.float32),

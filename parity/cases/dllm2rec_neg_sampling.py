@@ -12,7 +12,7 @@ from parity.cases import dllm2rec_common as C
 
 
 def make_inputs(seed: int) -> dict:
-    rs = np.random.RandomState(seed)
+    rs = np.random.default_rng(seed)
     seq, _, target = C.sequences(rs, 33, C.DIMS["item_num"], 10)
     return {"seq": seq, "target": target, "item_num": C.DIMS["item_num"], "draw_seed": seed + 7}
 

@@ -19,7 +19,7 @@ B = 6
 
 
 def make_inputs(seed: int) -> dict:
-    rs = np.random.RandomState(seed)
+    rs = np.random.default_rng(seed)
     seq, lens, _ = C.sequences(rs, B, C.DIMS["item_num"], C.DIMS["state_size"])
     inp = {"seq": seq, "len_seq": lens, "init_seed": seed, "dropout_seed": seed + 1,
            "llm_table": (rs.standard_normal((C.DIMS["item_num"], C.DIMS["d_llm"]))).astype(np.float32)}
@@ -92,6 +92,10 @@ register(Case(
     reimpl_symbol="reimpl/dllm2rec/injection.py:inject,lookup_llm_emb", seed=2025, dtype="float32",
     run_reference=lambda i: run_reference(i, True, torch.float32),
     run_reimpl=lambda i, m: run_reimpl(i, m, True, torch.float32),
+    xplat_atol=5e-5,
+    xplat_note="Measured drift of the reference between kernel sets (default/avx2/no-vector, "
+               "parity/drift.json): max abs 2.9e-6 (Caser's float32 oneDNN convolutions); atol = 10x that, "
+               "rounded up.",
     description="As students_forward with teacher embeddings [I, 4096] looked up and projected by "
                 "fc_4096_64 (float32: the reference's lookup buffer is float32).",
     **COMMON))

@@ -454,6 +454,10 @@ register(Case(
     seed=SEED, dtype="float64", rtol=1e-10, atol=0.0,
     make_inputs=make_inputs_llama, run_reference=run_reference_llama, run_reimpl=run_reimpl_llama,
     deviations=["ILORA-MOELORA-DEAD-GATING"],
+    xplat_atol=2e-7,
+    xplat_note="Measured drift of the reference between kernel sets (parity/drift.json): max abs 1.5e-8 "
+               "(transformers runs RMSNorm and the LM loss in float32 even in a float64 model); atol = 10x "
+               "that, rounded up.",
     description="Reference: get_peft_model of the vendored fork with MInterface's MoeLoraConfig, called as "
                 "MInterface.forward does (gate [B, 1, E] and user_embeds as kwargs). Reimpl: wrap_moe_lora "
                 "and an explicit gate_weights per call. init.* are the lora_A weights right after wrapping "

@@ -228,11 +228,10 @@ register(Case(
     ref_lines=["model/model_interface.py:37-58", "model/model_interface.py:436-466",
                "model/model_interface.py:289-294", "model/peft/tuners/moelora.py:756-799"],
     reimpl_symbol="reimpl/ilora/teacher.py:ILoRATeacher.forward",
-    seed=2024, dtype="float64", rtol=1e-10, atol=1e-13,
-    tolerance_note="atol 1e-13 for gradient entries that are ~0: the MoE-LoRA mixes the experts before "
-                   "lora_B (B(g*Ax)) where the reference sums B_e A_e x over experts afterwards, a different "
-                   "float64 summation order (measured max error 2e-15 of each tensor's largest entry). The "
-                   "loss is computed in float32 on both sides (the library casts logits), bit-identical.",
+    seed=2024, dtype="float64",
+    xplat_atol=1e-6,
+    xplat_note="Measured drift of the reference between kernel sets (parity/drift.json): max abs 6.4e-8 "
+               "(router gradients through float32 RMSNorm/loss and BatchNorm); atol = 10x that, rounded up.",
     make_inputs=make_inputs, run_reference=run_reference, run_reimpl=run_reimpl,
     deviations=["ILORA-ANSWER-BOS-LABEL", "ILORA-REC-TRAIN-MODE"],
     needs=["shared"],
