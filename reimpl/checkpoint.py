@@ -29,8 +29,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from reimpl.paths import ROOT
+
 FORMAT = "recparity-checkpoint/1"
-ROOT = Path(__file__).resolve().parent   # the reimpl package
+PACKAGE = ROOT / "reimpl"
 
 
 class CheckpointError(ValueError):
@@ -174,9 +176,9 @@ def code_version(*subtrees: str) -> dict:
     torch version (kernels differ between releases)."""
     h = hashlib.sha256()
     for sub in sorted(subtrees):
-        p = ROOT / sub
+        p = PACKAGE / sub
         for f in sorted(p.rglob("*.py")) if p.is_dir() else [p]:
-            h.update(str(f.relative_to(ROOT)).encode() + b"\0" + f.read_bytes())
+            h.update(str(f.relative_to(PACKAGE)).encode() + b"\0" + f.read_bytes())
     return {"reimpl_sha256": h.hexdigest(), "torch": torch.__version__}
 
 

@@ -43,6 +43,9 @@ def test_torchrun_two_processes(shared_dir, tmp_path):
     rep = json.loads((tmp_path / "report.json").read_text())
     # 32 rows over 2 processes = 16 each = 4 micro-batches of 4, accumulation 2 -> 2 optimizer steps
     assert rep["train"]["batches"] == 4 and rep["train"]["global_step"] == 2
-    ck = torch.load(tmp_path / "ckpt" / "last.ckpt", map_location="cpu", weights_only=False)
+    from reimpl.checkpoint import load
+
+    ck = load(tmp_path / "ckpt" / "last.ckpt", kind="ilora-teacher")
+    assert ck["identity"]["config"]["world"] == 2
     assert ck["global_step"] == 2 and ck["epoch"] == 1
     assert all(torch.isfinite(t).all() for t in ck["trainable"].values())

@@ -186,7 +186,7 @@ def test_uamd_expert_scores_cached_equal(env):
     assert "gate" not in t.__dict__
 
 
-def test_cli_eval_splits_rows_file_uncertainty_emb_cache(env, shared_dir, refs, tmp_path):
+def test_cli_eval_splits_rows_file_uncertainty_emb_cache(env, shared_dir, refs, tmp_path, capsys):
     """python -m reimpl.ilora.train: --eval_splits/--eval_rows, --export_rows_file, --uncertainty,
     --emb_cache (miss, then hit), --scoring, --out; per-phase timings in the report."""
     import json
@@ -228,6 +228,7 @@ def test_cli_eval_splits_rows_file_uncertainty_emb_cache(env, shared_dir, refs, 
     with pytest.raises(SystemExit):
         main(base + ["--eval_splits", "val,nope"])
     (tmp_path / "bad.txt").write_text("1\nx\n")
-    with pytest.raises(ValueError, match=r"bad.txt:2"):
-        main([str(tmp_path / "bad.txt") if x == str(tmp_path / "rows.txt") else x for x in base]
-             + ["--export_dir", str(tmp_path / "c")])
+    capsys.readouterr()
+    assert main([str(tmp_path / "bad.txt") if x == str(tmp_path / "rows.txt") else x for x in base]
+                + ["--export_dir", str(tmp_path / "c")]) == 2   # refused before the LLM is loaded
+    assert "bad.txt:2: expected one train-row index" in capsys.readouterr().err

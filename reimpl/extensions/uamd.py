@@ -202,7 +202,7 @@ def score_rows_with_uncertainty(teacher, data, prompts: Sequence[str], rows: Seq
     ``data``: a :class:`reimpl.ilora.train.LastFMData`; ``cached``: prefix-KV-cached scoring
     (:meth:`ILoRATeacher.score_candidates`)."""
     from reimpl.ilora.export import ranking_from_scores
-    from reimpl.ilora.train import export_batches
+    from reimpl.ilora.data import export_batches
 
     teacher.eval()
     ranks, confs, us = [], [], []
@@ -226,7 +226,7 @@ def export_teacher_with_uncertainty(teacher, data, prompts: Sequence[str], out_d
     plus ``uncertainty_train.txt`` (:func:`score_rows_with_uncertainty`). ``embeddings``: a precomputed
     ``[item_num, d]`` all-items tensor to write instead of computing it (``with_embeddings`` ignored)."""
     from reimpl.ilora.export import write_tocf
-    from reimpl.ilora.train import all_item_embeddings
+    from reimpl.ilora.export import all_item_embeddings
 
     rank, conf, u = score_rows_with_uncertainty(teacher, data, prompts, rows, k=k, cans_num=cans_num,
                                                 batch_size=batch_size, seed=seed, kind=kind, cached=cached)

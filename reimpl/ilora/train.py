@@ -1,31 +1,29 @@
-"""Training, evaluation and export loop of the iLoRA teacher (``python -m reimpl.ilora.train --help``).
+"""Training, evaluation and export recipe of the iLoRA teacher (``python -m reimpl.ilora.train --help``).
 
 Mirrors, in AkaliKong/iLoRA @ 28e47371:
 
-* ``data/lastfm_data.py`` (dataset: rows with ``len_seq >= 3``, titles from ``id2name.txt``, negative
-  sampling) and ``data/data_interface.py`` (``TrainCollater``: prompt choice, curriculum draw, pair
-  tokenization; ``DInterface``: ``shuffle=True, drop_last=True`` for train) -> :class:`LastFMData`,
-  :func:`collate`, :func:`curriculum_prob`;
 * ``main.py:92`` (``max_steps``) and Lightning's loop as the reference configures it
   (``accumulate_grad_batches``: loss / k, an optimizer step every k micro-batches and at the end of
   each epoch; ``training_step`` sets the LR and toggles the projector on the ``flag``, l.134-149) ->
-  :func:`train`;
+  :func:`train`; its batches come from a *batch source* (default: :func:`train_batches`, the reference's
+  dataset + ``TrainCollater``, :mod:`reimpl.ilora.data`);
 * ``on_save_checkpoint`` with ``--save part`` (l.296-307: only trainable tensors, here *with* the
-  optimizer / schedule / RNG state so that a run can resume) -> :func:`save_checkpoint`.
+  optimizer / schedule / RNG state so that a run can resume) -> :func:`save_checkpoint` (a
+  :mod:`reimpl.checkpoint` file: safetensors + JSON, atomic, resumed only by the same run).
 
-Faithful quirks kept here (ids in :mod:`reimpl.ilora.deviations_teacher`):
+The data side (``LastFMData``, ``collate``, ``curriculum_prob``, the eval/export batch generators) lives in
+:mod:`reimpl.ilora.data`, the export (``export_teacher``, all-items embeddings and their cache) in
+:mod:`reimpl.ilora.export`; both are re-exported here for existing callers.
 
-* ``ILORA-LASTFM-ONE-CANDIDATE``: LastFM's ``negative_sampling`` returns ONE random item that is neither
-  in the history nor the target (``lastfm_data.py:33-36``): the prompt's candidate list never holds
-  the answer (``len_cans`` still says ``cans_num``). ``fixed``: ``cans_num - 1`` negatives + the target,
-  shuffled (as the reference's MovieLens/Steam datasets do).
-* ``ILORA-CURRICULUM-RESET``: see :func:`curriculum_prob`.
-
-CLI (:func:`main`): train (``--max_epochs``, ``--resume``; ``--init_ckpt`` loads a trained teacher),
-evaluate HR@1 / ValidRatio on ``--eval_splits`` (first ``--eval_rows`` rows of each, or ``all``), export
-``tocf/`` for the first ``--export_rows`` rows of the ``len_seq >= 3`` frame or the rows listed in
+CLI (:func:`main`, options generated from :class:`RunOptions` and the component configs
+:class:`TrainConfig`, :class:`~reimpl.ilora.optim.OptimConfig`, :class:`~reimpl.ilora.teacher.TeacherConfig`,
+:class:`~reimpl.ilora.data.DataConfig`): options and paths are checked first, then every data file is read and
+validated, then the LLM is loaded; train (``--max_epochs``, ``--resume``; ``--init_ckpt`` loads a trained
+teacher), evaluate HR@1 / ValidRatio on ``--eval_splits`` (first ``--eval_rows`` rows of each, or ``all``),
+export ``tocf/`` for the first ``--export_rows`` rows of the ``len_seq >= 3`` frame or the rows listed in
 ``--export_rows_file`` (unfiltered ``train_data.df`` indices), with ``--uncertainty`` (UAMD) and an
-``--emb_cache``; prints (and ``--out`` writes) a JSON report with per-phase wall clock (``timings``).
+``--emb_cache``; prints (and ``--out`` writes, atomically) a JSON report with the full config, the environment
+(threads, platform) and per-phase wall clock (``timings``).
 
 Randomness: one ``random.Random(seed)`` (negatives, prompt choice, curriculum draws) and one torch
 ``Generator`` (shuffling) instead of the reference's global RNGs and worker processes.
@@ -41,131 +39,31 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
-import numpy as np
-import pandas as pd
 import torch
 
+from reimpl import checkpoint as ckpt_io
+from reimpl.cliconf import add_dataclass_arguments, build, check_writable, from_namespace, require
+from reimpl.data import DataError
 from reimpl.deviations import check_mode
 from reimpl.ilora import deviations_teacher  # noqa: F401
+from reimpl.ilora.data import DataConfig, LastFMData, collate, curriculum_prob, eval_batches, export_batches
+from reimpl.ilora.export import all_item_embeddings, cached_item_embeddings, export_teacher, teacher_fingerprint
 from reimpl.ilora.optim import OptimConfig, WarmupCosineSchedule, build_optimizer, max_steps, param_groups
-from reimpl.ilora.prompt import fill_prompt, load_prompts
+from reimpl.ilora.prompt import load_prompts
+from reimpl.paths import DATA, REF_DIR
 
+__all__ = ["TrainConfig", "RunOptions", "TrainResult", "train", "train_batches", "save_checkpoint", "load_checkpoint",
+           "run_identity", "make_accelerator", "main",
+           # re-exported from reimpl.ilora.data / reimpl.ilora.export for existing callers
+           "DataConfig", "LastFMData", "collate", "curriculum_prob", "eval_batches", "export_batches",
+           "all_item_embeddings", "cached_item_embeddings", "export_teacher", "teacher_fingerprint"]
 
+CKPT_KIND = "ilora-teacher"
+CODE = ("ilora", "llm", "data", "checkpoint.py")   # reimpl/ sources a teacher run depends on
 
-# ------------------------------------------------------------------------------------------------ data
-@dataclass
-class DataConfig:
-    data_dir: str = "../shared/data/ilora/lastfm"
-    prompt_path: str = "ref_repositories/iLoRA/prompt/artist.txt"
-    cans_num: int = 20              # train_lastfm.sh --cans_num 20
-    padding_item_id: int = 4606     # main.py:153
-    min_len_seq: int = 3            # lastfm_data.py:71
-    mode: str = "faithful"
-
-
-class LastFMData:
-    """LastFM split as ``LastfmData`` reads it (``lastfm_data.py``): ``sample(i, rng)`` -> dict."""
-
-    FILES = {"train": "train_data.df", "val": "Val_data.df", "test": "Test_data.df"}
-
-    def __init__(self, cfg: DataConfig, stage: str):
-        check_mode(cfg.mode)
-        if stage not in self.FILES:
-            raise ValueError(f"LastFMData: stage must be one of {list(self.FILES)}, got {stage!r}")
-        self.cfg, self.stage = cfg, stage
-        d = Path(cfg.data_dir)
-        names = d / "id2name.txt"
-        if not names.is_file():
-            raise FileNotFoundError(f"{names}: LastFM id2name.txt not found (data_dir={cfg.data_dir})")
-        self.id2name: dict[int, str] = {}
-        for n, line in enumerate(names.read_text(encoding="utf-8").splitlines(), 1):
-            if not line.strip():
-                continue
-            if "::" not in line:
-                raise ValueError(f"{names}:{n}: expected '<id>::<name>', got {line!r}")
-            k, v = line.split("::", 1)
-            self.id2name[int(k)] = v.strip()
-        frame = pd.read_pickle(d / self.FILES[stage])
-        for col in ("seq", "len_seq", "next"):
-            if col not in frame.columns:
-                raise ValueError(f"{d / self.FILES[stage]}: column {col!r} missing (have {list(frame.columns)})")
-        self.frame = frame[frame["len_seq"] >= cfg.min_len_seq].reset_index(drop=True)
-        self.all_ids = list(self.id2name.keys())
-
-    def __len__(self) -> int:
-        return len(self.frame)
-
-    def unpadded(self, i: int) -> list[int]:
-        return [int(x) for x in self.frame["seq"].iloc[i] if int(x) != self.cfg.padding_item_id]
-
-    def candidates(self, seq_unpad: Sequence[int], target: int, rng: random.Random, mode: str) -> list[int]:
-        """lastfm_data.py:33-36 (faithful: one negative) / movielens_data.py:44-48 (fixed)."""
-        seen = set(seq_unpad)
-        canset = [i for i in self.all_ids if i not in seen and i != target]
-        if mode == "faithful":
-            return rng.sample(canset, 1)
-        cands = rng.sample(canset, self.cfg.cans_num - 1) + [target]
-        rng.shuffle(cands)
-        return cands
-
-    def sample(self, i: int, rng: random.Random, mode: str | None = None, cans: list[int] | None = None) -> dict:
-        mode = mode or self.cfg.mode
-        row = self.frame.iloc[i]
-        seq_unpad = self.unpadded(i)
-        target = int(row["next"])
-        cans = cans if cans is not None else self.candidates(seq_unpad, target, rng, mode)
-        return {"seq": [int(x) for x in row["seq"]], "seq_name": [self.id2name[x] for x in seq_unpad],
-                "len_seq": int(row["len_seq"]), "cans": cans, "cans_name": [self.id2name[c] for c in cans],
-                "len_cans": self.cfg.cans_num, "item_id": target, "correct_answer": self.id2name[target]}
-
-
-def collate(samples: list[dict], tokenizer, prompts: Sequence[str], rng: random.Random, train: bool,
-            emb_prob: float = 1.0, terminator: str = "\n") -> dict:
-    """TrainCollater.__call__ (data_interface.py:30-113): one template for the batch, filled per sample;
-    train batches are (prompt, answer + terminator) pairs with aligned token types. The embedding
-    prompt is used when ``rng.random() < emb_prob`` (drawn after the template, as l.32-40) or not train."""
-    if not samples:
-        raise ValueError("collate: empty batch")
-    template = rng.choice(list(prompts))
-    use_emb = rng.random() < emb_prob or not train
-    texts = [fill_prompt(template, s["seq_name"], s["cans_name"], s["correct_answer"], with_embeddings=use_emb)
-             for s in samples]
-    kw = dict(return_tensors="pt", padding="longest", truncation=False, add_special_tokens=True,
-              return_token_type_ids=True, return_attention_mask=True)
-    if train:
-        tok = tokenizer([[p, s["correct_answer"] + terminator] for p, s in zip(texts, samples)], **kw)
-    else:
-        tok = tokenizer(texts, **kw)
-    lens = {len(s["cans"]) for s in samples}
-    if len(lens) != 1:
-        raise ValueError(f"collate: samples have different candidate counts {sorted(lens)}")
-    batch = {"input_ids": tok["input_ids"], "attention_mask": tok["attention_mask"],
-             "token_type_ids": tok["token_type_ids"],
-             "seq": torch.tensor([s["seq"] for s in samples]), "cans": torch.tensor([s["cans"] for s in samples]),
-             "len_seq": torch.tensor([s["len_seq"] for s in samples]),
-             "len_cans": torch.tensor([s["len_cans"] for s in samples]),
-             "item_id": torch.tensor([s["item_id"] for s in samples]), "flag": not use_emb,
-             "prompts": texts, "correct_answer": [s["correct_answer"] for s in samples],
-             "cans_name": [s["cans_name"] for s in samples]}
-    return batch
-
-
-def curriculum_prob(batch_in_epoch: int, global_batch: int, total_batches: int, max_step: int,
-                    num_workers: int, mode: str) -> float:
-    """Probability that a training batch uses the embedding prompt (data_interface.py:38-40).
-
-    faithful: ``cur_step / max_step`` where ``max_step = max_epochs * (N // bs) // num_workers``
-    (data_interface.py:135) and ``cur_step`` is the counter of the worker's own copy of the collater,
-    re-created each epoch: batch b of an epoch is worker ``b % W``'s ``(b // W + 1)``-th
-    (ILORA-CURRICULUM-RESET). fixed: ``(global_batch + 1) / total_batches``.
-    """
-    check_mode(mode)
-    if mode == "faithful":
-        w = max(num_workers, 1)
-        return (batch_in_epoch // w + 1) / max(max_step, 1)
-    return (global_batch + 1) / max(total_batches, 1)
+BatchSource = Callable[[list, random.Random, float], dict]   # (row indices, rng, emb_prob) -> batch
 
 
 # -------------------------------------------------------------------------------------------- training
@@ -180,35 +78,77 @@ class TrainConfig:
     limit_train_batches: int | None = None   # cap micro-batches per epoch (smoke runs); None = all
     limit_rows: int | None = None     # use only the first rows of the train split
     optim: OptimConfig = field(default_factory=OptimConfig)
-    mode: str = "faithful"
+    mode: str = field(default="faithful", metadata={"choices": ("faithful", "fixed")})
+
+    def __post_init__(self) -> None:
+        check_mode(self.mode)
+        for name in ("batch_size", "accumulate_grad_batches", "ref_num_workers"):
+            require(getattr(self, name) >= 1, f"--{name}", "an integer >= 1", getattr(self, name))
+        require(self.max_epochs >= 0, "--max_epochs", "an integer >= 0 (0: evaluate / export only)", self.max_epochs)
+        for name in ("limit_train_batches", "limit_rows"):
+            v = getattr(self, name)
+            require(v is None or v >= 1, f"--{name}", "an integer >= 1 (or none)", v)
+
+
+def train_batches(data: LastFMData, tokenizer, prompts: Sequence[str], mode: str, terminator: str = "\n"
+                  ) -> BatchSource:
+    """The reference's training batches: ``data.sample`` per row (negatives), then ``collate`` (template,
+    curriculum draw, tokenization), all from the run's one ``random.Random``, in that order."""
+    def source(idx: list, rng: random.Random, emb_prob: float) -> dict:
+        samples = [data.sample(i, rng, mode) for i in idx]
+        # ``collate`` looked up at call time (callers may replace the module attribute)
+        return collate(samples, tokenizer, prompts, rng, train=True, emb_prob=emb_prob, terminator=terminator)
+    return source
 
 
 def _rng_state(py: random.Random, gen: torch.Generator) -> dict:
     return {"python": py.getstate(), "torch_gen": gen.get_state(), "torch": torch.get_rng_state()}
 
 
+def run_identity(teacher, data, cfg: TrainConfig, world: int = 1) -> dict:
+    """What a resume must match: train / data / teacher config, a digest of the rows and titles read, the base
+    LLM's config, the code version, the thread count and the number of processes."""
+    split = getattr(data, "split", None)
+    digest = {"rows": len(data), "source": str(getattr(data, "source", None))}
+    if split is not None:
+        digest.update(seq=ckpt_io.digest(split.seqs), len_seq=ckpt_io.digest(split.lens),
+                      next=ckpt_io.digest(split.next), titles=ckpt_io.digest(getattr(data, "id2name", None)))
+    hf = getattr(teacher, "hf_model", None)
+    config = {"train": asdict(cfg), "world": world,
+              "data": asdict(data.cfg) if hasattr(data, "cfg") else None,
+              "teacher": asdict(teacher.cfg) if hasattr(teacher, "cfg") else None,
+              "llm": ckpt_io.digest(hf.config.to_json_string(use_diff=False)) if hf is not None else None}
+    return ckpt_io.run_identity(config, digest, ckpt_io.code_version(*CODE))
+
+
 def save_checkpoint(path: str | Path, teacher, optimizer, schedule, epoch: int, batch_in_epoch: int,
-                    global_step: int, rng: dict, cfg: TrainConfig, order: list[int] | None = None) -> Path:
-    """Trainable tensors only (``--save part``, model_interface.py:296-307) + optimizer/schedule/RNG state."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    state = {n: p.detach().clone() for n, p in teacher.named_parameters() if p.requires_grad}
-    buffers = {n: b.detach().clone() for n, b in teacher.router.named_buffers()}
-    torch.save({"trainable": state, "router_buffers": buffers, "optimizer": optimizer.state_dict(),
-                "schedule": schedule.state_dict(), "epoch": epoch, "batch_in_epoch": batch_in_epoch,
-                "global_step": global_step, "rng": rng, "config": asdict(cfg),
-                "order": order}, path)
-    return path
+                    global_step: int, rng: dict, cfg: TrainConfig, order: list[int] | None = None,
+                    identity: dict | None = None) -> Path:
+    """Trainable tensors only (``--save part``, model_interface.py:296-307) + optimizer/schedule/RNG state, written
+    atomically (:func:`reimpl.checkpoint.save`); ``identity``: :func:`run_identity`, checked on resume."""
+    state = {n: p for n, p in teacher.named_parameters() if p.requires_grad}
+    buffers = dict(teacher.router.named_buffers())
+    return ckpt_io.save(path, {"trainable": state, "router_buffers": buffers, "optimizer": optimizer.state_dict(),
+                               "schedule": schedule.state_dict() if schedule is not None else None, "epoch": epoch,
+                               "batch_in_epoch": batch_in_epoch, "global_step": global_step, "rng": rng,
+                               "config": asdict(cfg), "order": order, "identity": identity}, kind=CKPT_KIND)
 
 
-def load_checkpoint(path: str | Path, teacher, optimizer=None, schedule=None) -> dict:
-    ck = torch.load(path, map_location="cpu", weights_only=False)
+def load_checkpoint(path: str | Path, teacher, optimizer=None, schedule=None, identity: dict | None = None) -> dict:
+    """Load a :func:`save_checkpoint` file into ``teacher`` (and the optimizer / schedule when given). With
+    ``identity`` (a resume) the checkpoint must have been written by the same run (:func:`run_identity`)."""
+    ck = ckpt_io.load(path, kind=CKPT_KIND)
+    if identity is not None:
+        ckpt_io.check_resume(path, ck.get("identity"), identity)
     own = dict(teacher.named_parameters())
     missing = [n for n in ck["trainable"] if n not in own]
     if missing:
-        raise KeyError(f"{path}: checkpoint tensors not in the teacher, e.g. {missing[:3]}")
+        raise ckpt_io.CheckpointError(f"{path}: checkpoint tensors not in the teacher, e.g. {missing[:3]}")
     with torch.no_grad():
         for n, v in ck["trainable"].items():
+            if own[n].shape != v.shape:
+                raise ckpt_io.CheckpointError(f"{path}: tensor {n} has shape {list(v.shape)}, the teacher's "
+                                              f"{list(own[n].shape)}")
             own[n].copy_(v)
         bufs = dict(teacher.router.named_buffers())
         for n, v in ck["router_buffers"].items():
@@ -233,11 +173,17 @@ class TrainResult:
 
 def train(teacher, data: LastFMData, prompts: Sequence[str], cfg: TrainConfig, ckpt_dir: str | Path | None = None,
           resume: str | Path | None = None, progress: bool = True, stop_after_batches: int | None = None,
-          accelerator=None) -> TrainResult:
+          accelerator=None, batch_source: BatchSource | None = None) -> TrainResult:
     """Train the teacher (Lightning's loop as main.py configures it), checkpointing at each epoch end.
 
+    ``batch_source(rows, rng, emb_prob) -> batch``: builds micro-batch ``rows`` (indices into ``data``, this
+    process's share of the epoch permutation) with the run's ``random.Random`` and the curriculum probability
+    of the embedding prompt; default :func:`train_batches` (``data.sample`` + ``collate``). ``data`` then only
+    needs ``len()``.
+
     ``stop_after_batches``: stop (and checkpoint) after this many micro-batches of this call -- used to
-    test resuming; the run continues from there with ``resume=``.
+    test resuming; the run continues from there with ``resume=``, which refuses a checkpoint written by another
+    run (config, data, code, threads: :func:`run_identity`).
 
     ``accelerator``: an ``accelerate.Accelerator`` for data-parallel training when the script is started by
     ``torchrun`` / ``accelerate launch`` (see :func:`make_accelerator`): the model is wrapped by
@@ -249,13 +195,15 @@ def train(teacher, data: LastFMData, prompts: Sequence[str], cfg: TrainConfig, c
     from tqdm.auto import tqdm
 
     check_mode(cfg.mode)
+    source = batch_source or train_batches(data, teacher.tokenizer, prompts, cfg.mode, teacher.cfg.terminator)
     rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator is not None else (0, 1)
     model = accelerator.prepare_model(teacher) if accelerator is not None and world > 1 else teacher
     n = len(data) if cfg.limit_rows is None else min(len(data), cfg.limit_rows)
     n_local = n // world                                            # rows per process and epoch
     per_epoch = n_local // cfg.batch_size                           # drop_last=True
     if per_epoch == 0:
-        raise ValueError(f"train: {n} rows < batch_size {cfg.batch_size}: no full batch (drop_last)")
+        raise ValueError(f"--batch_size: expected at most the {n} train rows per process (drop_last: no full "
+                         f"batch of {cfg.batch_size} otherwise; {getattr(data, 'source', 'train split')})")
     if cfg.limit_train_batches is not None:
         per_epoch = min(per_epoch, cfg.limit_train_batches)
     total_steps = max_steps(n_local, cfg.max_epochs, cfg.accumulate_grad_batches, cfg.batch_size)
@@ -267,8 +215,10 @@ def train(teacher, data: LastFMData, prompts: Sequence[str], cfg: TrainConfig, c
     gen = torch.Generator().manual_seed(cfg.seed)   # the same permutation on every process, then sharded
     epoch0, b0, step = 0, 0, 0
     main_proc = rank == 0
+    identity = (run_identity(teacher, data, cfg, world) if (ckpt_dir is not None or resume is not None)
+                else None)
     if resume is not None:
-        ck = load_checkpoint(resume, teacher, opt, sched)
+        ck = load_checkpoint(resume, teacher, opt, sched, identity=identity)
         epoch0, b0, step = ck["epoch"], ck["batch_in_epoch"], ck["global_step"]
         py.setstate(ck["rng"]["python"])
         gen.set_state(ck["rng"]["torch_gen"])
@@ -291,9 +241,7 @@ def train(teacher, data: LastFMData, prompts: Sequence[str], cfg: TrainConfig, c
             p = curriculum_prob(b, epoch * per_epoch + b, cfg.max_epochs * per_epoch, curriculum_max,
                                 cfg.ref_num_workers, cfg.mode)
             idx = order[b * cfg.batch_size:(b + 1) * cfg.batch_size].tolist()
-            samples = [data.sample(i, py, cfg.mode) for i in idx]
-            batch = collate(samples, teacher.tokenizer, prompts, py, train=True, emb_prob=p,
-                            terminator=teacher.cfg.terminator)
+            batch = source(idx, py, p)
             use_emb = not batch["flag"]
             emb_batches += int(use_emb)
             teacher.projector.requires_grad_(not batch["flag"])   # training_step l.137-142
@@ -311,12 +259,12 @@ def train(teacher, data: LastFMData, prompts: Sequence[str], cfg: TrainConfig, c
             if stop_after_batches is not None and done >= stop_after_batches and not last:
                 if ckpt_dir is not None and main_proc:
                     ckpt = save_checkpoint(Path(ckpt_dir) / "last.ckpt", teacher, opt, sched, epoch, b + 1, step,
-                                           _rng_state(py, gen), cfg, order=order.tolist())
+                                           _rng_state(py, gen), cfg, order=order.tolist(), identity=identity)
                 return TrainResult(step, losses, lrs, emb_batches, done, time.perf_counter() - t0,
                                    str(ckpt) if ckpt else None)
         if ckpt_dir is not None and main_proc:
             ckpt = save_checkpoint(Path(ckpt_dir) / "last.ckpt", teacher, opt, sched, epoch + 1, 0, step,
-                                   _rng_state(py, gen), cfg)
+                                   _rng_state(py, gen), cfg, identity=identity)
         if accelerator is not None:
             accelerator.wait_for_everyone()
         b0 = 0
@@ -335,130 +283,12 @@ def make_accelerator():
                        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
 
 
-# -------------------------------------------------------------------------------------- eval / export
-def eval_batches(data: LastFMData, tokenizer, prompts, rows: Sequence[int], batch_size: int, seed: int,
-                 mode: str, terminator: str = "\n"):
-    """Evaluation batches (prompt only, embedding placeholders), as the val/test loaders (no shuffle)."""
-    py = random.Random(seed)
-    for s in range(0, len(rows), batch_size):
-        samples = [data.sample(i, py, mode) for i in rows[s:s + batch_size]]
-        yield collate(samples, tokenizer, prompts, py, train=False, terminator=terminator)
-
-
-def export_batches(data: LastFMData, tokenizer, prompts: Sequence[str], rows: Sequence[int], batch_size: int,
-                   seed: int, cans_num: int, terminator: str = "\n"):
-    """Evaluation-style batches of train ``rows`` (in order) for the teacher export: each row's candidates are
-    its target + ``cans_num - 1`` random items outside its history, shuffled (one ``random.Random(seed)``
-    for the draws and the prompt templates, so the same seed gives the same candidates)."""
-    py = random.Random(seed)
-    for s in range(0, len(rows), batch_size):
-        samples = []
-        for i in rows[s:s + batch_size]:
-            seen = set(data.unpadded(i))
-            target = int(data.frame["next"].iloc[i])
-            cands = py.sample([j for j in data.all_ids if j not in seen and j != target], cans_num - 1) + [target]
-            py.shuffle(cands)
-            samples.append(data.sample(i, py, cans=cands))
-        yield collate(samples, tokenizer, prompts, py, train=False, terminator=terminator)
-
-
-def export_teacher(teacher, data: LastFMData, prompts: Sequence[str], out_dir: str | Path, data_name: str,
-                   rows: Sequence[int], k: int = 10, cans_num: int = 20, batch_size: int = 4, seed: int = 0,
-                   emb_source: str = "llm", pad_dim: int | None = None, cached: bool | str = True,
-                   embeddings: torch.Tensor | None = None, timings: dict | None = None) -> Path:
-    """Write ``tocf/<data_name>/`` for train rows ``rows`` (in order; DLLM2Rec needs all N rows of its
-    train frame, in frame order). Candidates per row: the target + ``cans_num - 1`` random negatives
-    (the teacher must see the answer among what it ranks); scores = candidate log-likelihoods, see
-    :mod:`reimpl.ilora.teacher` (``cached``: prefix-KV-cached scoring, same numbers). Embeddings for all
-    ``item_num`` items (``emb_source``), or ``embeddings`` ``[item_num, d]`` when given. ``timings``
-    receives ``export_scoring_s`` and ``embeddings_s`` (wall clock)."""
-    from reimpl.ilora.export import ranking_from_scores, write_tocf
-
-    teacher.eval()
-    ranks, confs = [], []
-    t0 = time.perf_counter()
-    for batch in export_batches(data, teacher.tokenizer, prompts, rows, batch_size, seed, cans_num,
-                                teacher.cfg.terminator):
-        scores = teacher.score_candidates(batch, batch["cans_name"], batch["prompts"], cached=cached)
-        r, c = ranking_from_scores(scores, batch["cans"], k)
-        ranks.append(r)
-        confs.append(c)
-    t1 = time.perf_counter()
-    emb = embeddings if embeddings is not None else all_item_embeddings(teacher, data, emb_source)
-    if timings is not None:
-        timings["export_scoring_s"] = t1 - t0
-        timings["embeddings_s"] = time.perf_counter() - t1
-    return write_tocf(out_dir, data_name, np.concatenate(ranks), np.concatenate(confs), emb, data.cfg.padding_item_id,
-                      pad_dim=pad_dim)
-
-
-def all_item_embeddings(teacher, data: LastFMData, emb_source: str = "llm") -> torch.Tensor:
-    """``[item_num, d]`` embeddings of every item id ``0 .. padding_item_id - 1`` (``ILoRATeacher.item_embeddings``)."""
-    item_num = data.cfg.padding_item_id
-    ids = torch.arange(item_num)
-    titles = [data.id2name.get(int(i), "") for i in ids]
-    with torch.no_grad():
-        return teacher.item_embeddings(titles=titles, item_ids=ids, source=emb_source)
-
-
-def teacher_fingerprint(teacher, llm: str, emb_source: str, item_num: int) -> str:
-    """sha256 over what the all-items embeddings depend on beyond the frozen base LLM named ``llm``:
-    every trainable tensor of the teacher (LoRA, projector, router), the LLM config, the source."""
-    import hashlib
-
-    h = hashlib.sha256(json.dumps({"llm": llm, "source": emb_source, "item_num": item_num,
-                                   "config": teacher.hf_model.config.to_json_string(use_diff=False)},
-                                  sort_keys=True).encode())
-    for n, p in sorted(teacher.named_parameters()):
-        if p.requires_grad:
-            h.update(n.encode())
-            h.update(p.detach().contiguous().cpu().numpy().tobytes())
-    return h.hexdigest()
-
-
-def cached_item_embeddings(path: str | Path, teacher, data: LastFMData, emb_source: str, llm: str
-                           ) -> tuple[torch.Tensor, dict]:
-    """All-items embeddings from ``path`` when it exists, else computed and saved there.
-
-    ``path`` holds the plain tensor (``torch.save``, as ``reimpl.baselines`` ``item_embeddings.pt``);
-    ``<path>.json`` the :func:`teacher_fingerprint` it was computed with. A file whose shape is not
-    ``[item_num, d_llm]`` (both sources give the LLM width) or whose fingerprint differs from
-    this teacher's is refused; a file without ``.json`` is used after the shape check (``verified: false``).
-    """
-    path = Path(path)
-    meta_path = path.with_name(path.name + ".json")
-    item_num = data.cfg.padding_item_id
-    fp = teacher_fingerprint(teacher, llm, emb_source, item_num)
-    d = teacher.hf_model.config.hidden_size
-    if path.is_file():
-        emb = torch.load(path, map_location="cpu", weights_only=True)
-        if not isinstance(emb, torch.Tensor) or emb.dim() != 2 or tuple(emb.shape) != (item_num, d):
-            raise ValueError(f"{path}: --emb_cache must hold a [item_num={item_num}, d={d}] tensor, got "
-                             f"{tuple(emb.shape) if isinstance(emb, torch.Tensor) else type(emb).__name__}")
-        verified = False
-        if meta_path.is_file():
-            meta = json.loads(meta_path.read_text())
-            if meta.get("fingerprint") != fp:
-                raise ValueError(f"{meta_path}: fingerprint {meta.get('fingerprint', '')[:12]}... differs from this "
-                                 f"teacher's {fp[:12]}... (other weights, LLM or emb_source {meta.get('source')!r}); "
-                                 "delete the cache or pass another --emb_cache path")
-            verified = True
-        return emb, {"path": str(path), "hit": True, "verified": verified}
-    emb = all_item_embeddings(teacher, data, emb_source).contiguous()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(emb, tmp)
-    tmp.replace(path)
-    meta_path.write_text(json.dumps({"fingerprint": fp, "source": emb_source, "llm": llm,
-                                     "shape": list(emb.shape)}, indent=2))
-    return emb, {"path": str(path), "hit": False, "verified": True}
-
-
+# ------------------------------------------------------------------------------------------------ CLI
 def read_rows_file(path: str | Path, n_rows: int) -> list[int]:
     """Row indices (one integer per line; blank lines skipped) into a frame of ``n_rows`` rows, in order."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"--export_rows_file {path}: not found")
+        raise DataError(f"--export_rows_file {path}: not found")
     rows: list[int] = []
     for n, line in enumerate(path.read_text().splitlines(), 1):
         if not line.strip():
@@ -466,14 +296,14 @@ def read_rows_file(path: str | Path, n_rows: int) -> list[int]:
         try:
             r = int(line.strip())
         except ValueError:
-            raise ValueError(f"{path}:{n}: expected one train-row index (integer) per line, got {line!r}") from None
+            raise DataError(f"{path}:{n}: expected one train-row index (integer) per line, got {line!r}") from None
         if not 0 <= r < n_rows:
-            raise ValueError(f"{path}:{n}: row {r} outside the train frame [0, {n_rows})")
+            raise DataError(f"{path}:{n}: row {r} outside the train frame [0, {n_rows})")
         rows.append(r)
     if len(rows) < 2:
-        raise ValueError(f"{path}: needs at least 2 rows (the tocf files of one row squeeze to 1-D), got {len(rows)}")
+        raise DataError(f"{path}: needs at least 2 rows (the tocf files of one row squeeze to 1-D), got {len(rows)}")
     if len(set(rows)) != len(rows):
-        raise ValueError(f"{path}: duplicate row indices")
+        raise DataError(f"{path}: duplicate row indices")
     return rows
 
 
@@ -490,8 +320,8 @@ def parse_eval_rows(value: str) -> int | None:
     return n
 
 
-# ------------------------------------------------------------------------------------------------ CLI
 def build_from_args(a):
+    """(The teacher of) ``--llm``, ``--rec_model_path`` and the LoRA options of namespace / options ``a``."""
     from reimpl.ilora.sasrec import load_checkpoint as load_sasrec
     from reimpl.ilora.teacher import TeacherConfig, build_teacher
 
@@ -513,166 +343,241 @@ def build_from_args(a):
     return build_teacher(llm, tok, load_sasrec(a.rec_model_path, mode=a.mode), tcfg)
 
 
-def main(argv: list[str] | None = None) -> int:
+
+
+def _help(text: str, **kw) -> dict:
+    return {"help": text, **kw}
+
+
+@dataclass
+class RunOptions:
+    """Options of ``python -m reimpl.ilora.train`` that no component config holds (run control, eval, export)."""
+    llm: str = field(default="tiny", metadata=_help("'tiny' (random tiny Llama), 'smollm2' (offline GGUF), or a "
+                                                    "local HF folder"))
+    data_dir: str = field(default=str(DATA / "ilora/lastfm"),
+                          metadata=_help("iLoRA LastFM folder: {train_data,Val_data,Test_data}.df, id2name.txt"))
+    rec_model_path: str = str(DATA / "ilora/rec_model/lastfm.pt")
+    prompt_path: str = str(REF_DIR / "iLoRA/prompt/artist.txt")
+    ckpt_dir: str | None = field(default=None, metadata=_help("write <ckpt_dir>/last.ckpt after every epoch"))
+    resume: str | None = field(default=None, metadata=_help("checkpoint to resume from (ckpt_dir/last.ckpt)"))
+    init_ckpt: str | None = field(default=None, metadata=_help(
+        "load the trainable tensors of this checkpoint (save_checkpoint) before anything else; with --max_epochs 0 "
+        "this evaluates / exports a trained teacher"))
+    eval_splits: str = field(default="val", metadata=_help(
+        "comma-separated splits to evaluate (val, test, train) or 'all' (= val,test)"))
+    eval_rows: int | None = field(default=0, metadata=_help(
+        "evaluate HR@1/ValidRatio on the first N rows of each --eval_splits split; 0 = off, 'all' = every row",
+        parse=parse_eval_rows))
+    max_new_tokens: int = 64
+    export_dir: str | None = field(default=None, metadata=_help(
+        "write tocf/<export_name>/ for the first --export_rows rows (or --export_rows_file)"))
+    export_name: str = "lastfm"
+    export_rows: int = field(default=0, metadata=_help("export the first N rows of the (len_seq >= 3) train frame"))
+    export_rows_file: str | None = field(default=None, metadata=_help(
+        "text file, one row index per line into the *unfiltered* train frame (train_data.df row order = DLLM2Rec's), "
+        "exported in that order (instead of --export_rows); also written to tocf/<export_name>/rows.txt"))
+    export_batch: int = field(default=4, metadata=_help("prompt rows per scoring batch"))
+    export_seed: int = field(default=0, metadata=_help("seed of the export's candidate draw"))
+    scoring: str = field(default="cached", metadata=_help(
+        "candidate scoring: prefix-KV-cached (default) or one forward per (prompt, candidate) pair (the definition; "
+        "same numbers up to float rounding, ~C times slower)", choices=("cached", "uncached")))
+    uncertainty: str = field(default="none", metadata=_help(
+        "also write uncertainty_train.txt (reimpl.extensions.uamd; 1 + num_moe scorings per row)",
+        choices=("none", "variance", "jsd")))
+    emb_source: str = field(default="llm", metadata=_help("item embeddings from", choices=("llm", "projector")))
+    emb_cache: str | None = field(default=None, metadata=_help(
+        "all-items embedding tensor: loaded when the file exists (fingerprint-checked via PATH.json), else computed "
+        "and saved there"))
+    topk: int = field(default=10, metadata=_help("ranked candidates per exported row"))
+    pad_dim: int | None = field(default=None, metadata=_help("zero-pad all_embeddings to this width (4096)"))
+    threads: int | None = field(default=None, metadata=_help("torch.set_num_threads(N)"))
+    out: str | None = field(default=None, metadata=_help("also write the JSON report to this file"))
+    no_progress: bool = field(default=False, metadata={"store_true": True})
+
+    def splits(self) -> list[str]:
+        s = self.eval_splits.strip().lower()
+        return ["val", "test"] if s == "all" else [x.strip() for x in self.eval_splits.split(",") if x.strip()]
+
+
+# component config fields that are not options of this CLI (fixed by the recipe, or given through RunOptions)
+_SKIP = {OptimConfig: ("mode",), "TeacherConfig": ("mode", "router", "target_modules", "terminator"),
+         DataConfig: ("mode", "data_dir", "prompt_path")}
+
+
+def _parser():
+    from reimpl.ilora.teacher import TeacherConfig
+
     ap = argparse.ArgumentParser(prog="python -m reimpl.ilora.train",
                                  description="Train / evaluate / export the iLoRA teacher (defaults: train_lastfm.sh).")
-    ap.add_argument("--llm", default="tiny", help="'tiny' (random tiny Llama), 'smollm2' (offline GGUF), or a local "
-                                                  "HF folder")
-    ap.add_argument("--data_dir", default=str(Path(__file__).resolve().parents[3] / "shared/data/ilora/lastfm"))
-    ap.add_argument("--rec_model_path", default=str(Path(__file__).resolve().parents[3] /
-                                                    "shared/data/ilora/rec_model/lastfm.pt"))
-    ap.add_argument("--prompt_path", default=str(Path(__file__).resolve().parents[2] /
-                                                 "ref_repositories/iLoRA/prompt/artist.txt"))
-    ap.add_argument("--mode", default="faithful", choices=["faithful", "fixed"])
-    ap.add_argument("--batch_size", type=int, default=8)
-    ap.add_argument("--accumulate_grad_batches", type=int, default=16)
-    ap.add_argument("--max_epochs", type=int, default=5)
-    ap.add_argument("--lr", type=float, default=7e-4)
-    ap.add_argument("--lr_warmup_start_lr", type=float, default=7e-6)
-    ap.add_argument("--lr_decay_min_lr", type=float, default=7e-6)
-    ap.add_argument("--weight_decay", type=float, default=1e-5)
-    ap.add_argument("--lora_r", type=int, default=8)
-    ap.add_argument("--lora_alpha", type=float, default=32)
-    ap.add_argument("--lora_dropout", type=float, default=0.1)
-    ap.add_argument("--num_moe", type=int, default=4)
-    ap.add_argument("--cans_num", type=int, default=20)
-    ap.add_argument("--seed", type=int, default=1234)
-    ap.add_argument("--limit_rows", type=int, default=None, help="use only the first N train rows")
-    ap.add_argument("--limit_train_batches", type=int, default=None, help="micro-batches per epoch cap")
-    ap.add_argument("--ckpt_dir", default=None)
-    ap.add_argument("--resume", default=None, help="checkpoint to resume from (ckpt_dir/last.ckpt)")
-    ap.add_argument("--init_ckpt", default=None,
-                    help="load the trainable tensors of this checkpoint (train.py save_checkpoint) before anything "
-                         "else; with --max_epochs 0 this evaluates / exports a trained teacher")
-    ap.add_argument("--eval_splits", default="val",
-                    help="comma-separated splits to evaluate (val, test, train) or 'all' (= val,test)")
-    ap.add_argument("--eval_rows", type=parse_eval_rows, default=0,
-                    help="evaluate HR@1/ValidRatio on the first N rows of each --eval_splits split; 0 = off, "
-                         "'all' = every row")
-    ap.add_argument("--max_new_tokens", type=int, default=64)
-    ap.add_argument("--export_dir", default=None,
-                    help="write tocf/<export_name>/ for the first --export_rows rows (or --export_rows_file)")
-    ap.add_argument("--export_name", default="lastfm")
-    ap.add_argument("--export_rows", type=int, default=0,
-                    help="export the first N rows of the (len_seq >= 3) train frame")
-    ap.add_argument("--export_rows_file", default=None,
-                    help="text file, one row index per line into the *unfiltered* train frame (train_data.df row "
-                         "order = DLLM2Rec's), exported in that order (instead of --export_rows); also written to "
-                         "tocf/<export_name>/rows.txt")
-    ap.add_argument("--export_batch", type=int, default=4, help="prompt rows per scoring batch")
-    ap.add_argument("--export_seed", type=int, default=0, help="seed of the export's candidate draw")
-    ap.add_argument("--scoring", default="cached", choices=["cached", "uncached"],
-                    help="candidate scoring: prefix-KV-cached (default) or one forward per (prompt, candidate) pair "
-                         "(the definition; same numbers up to float rounding, ~C times slower)")
-    ap.add_argument("--uncertainty", default="none", choices=["none", "variance", "jsd"],
-                    help="also write uncertainty_train.txt (reimpl.extensions.uamd; 1 + num_moe scorings per row)")
-    ap.add_argument("--emb_source", default="llm", choices=["llm", "projector"])
-    ap.add_argument("--emb_cache", default=None,
-                    help="all-items embedding tensor: loaded when the file exists (fingerprint-checked via "
-                         "PATH.json), else computed and saved there")
-    ap.add_argument("--topk", type=int, default=10)
-    ap.add_argument("--pad_dim", type=int, default=None, help="zero-pad all_embeddings to this width (4096)")
-    ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads(N)")
-    ap.add_argument("--out", default=None, help="also write the JSON report to this file")
-    ap.add_argument("--no_progress", action="store_true")
+    add_dataclass_arguments(ap, RunOptions)
+    add_dataclass_arguments(ap, TrainConfig)
+    add_dataclass_arguments(ap, OptimConfig, skip=_SKIP[OptimConfig])
+    add_dataclass_arguments(ap, TeacherConfig, skip=_SKIP["TeacherConfig"])
+    add_dataclass_arguments(ap, DataConfig, skip=_SKIP[DataConfig])
+    return ap
+
+
+def parse_options(argv: list[str] | None = None) -> tuple[argparse.Namespace, RunOptions, TrainConfig, DataConfig]:
+    """Parse and check every option before any work: values (each error names its flag) and paths (inputs
+    exist, outputs writable). Returns (namespace, run options, train config, data config)."""
+    from reimpl.ilora.teacher import TeacherConfig
+
+    ap = _parser()
     a = ap.parse_args(argv)
-    splits = ["val", "test"] if a.eval_splits.strip().lower() == "all" else [
-        x.strip() for x in a.eval_splits.split(",") if x.strip()]
-    bad = [x for x in splits if x not in LastFMData.FILES]
-    if bad or not splits:
-        ap.error(f"--eval_splits: expected a comma-separated subset of {list(LastFMData.FILES)} or 'all', "
-                 f"got {a.eval_splits!r}")
-    if a.export_rows_file and a.export_rows:
-        ap.error("--export_rows and --export_rows_file are alternatives; give one")
-    if a.threads is not None:
-        if a.threads < 1:
-            ap.error(f"--threads: expected >= 1, got {a.threads}")
-        torch.set_num_threads(a.threads)
+    opts = build(ap, lambda: from_namespace(RunOptions, a))
+    tcfg = build(ap, lambda: from_namespace(TrainConfig, a, optim=from_namespace(OptimConfig, a, mode=a.mode)))
+    dcfg = build(ap, lambda: from_namespace(DataConfig, a, data_dir=opts.data_dir, prompt_path=opts.prompt_path))
+    build(ap, lambda: from_namespace(TeacherConfig, a))
+    build(ap, lambda: check_options(opts, tcfg, dcfg))
+    return a, opts, tcfg, dcfg
+
+
+def check_options(o: RunOptions, tcfg: TrainConfig, dcfg: DataConfig) -> None:
+    """ValueError naming the flag for the first option that cannot work (creates nothing)."""
+    bad = [x for x in o.splits() if x not in LastFMData.FILES]
+    require(not bad and bool(o.splits()), "--eval_splits",
+            f"a comma-separated subset of {list(LastFMData.FILES)} or 'all'", o.eval_splits)
+    require(not (o.export_rows_file and o.export_rows), "--export_rows",
+            "0 with --export_rows_file (alternatives; give one)", o.export_rows)
+    for name in ("max_new_tokens", "export_batch"):
+        require(getattr(o, name) >= 1, f"--{name}", "an integer >= 1", getattr(o, name))
+    require(o.export_rows >= 0, "--export_rows", "an integer >= 0", o.export_rows)
+    require(1 <= o.topk <= dcfg.cans_num, "--topk", f"an integer in [1, --cans_num={dcfg.cans_num}]", o.topk)
+    require(o.threads is None or o.threads >= 1, "--threads", "an integer >= 1", o.threads)
+    require(o.pad_dim is None or o.pad_dim >= 1, "--pad_dim", "an integer >= 1", o.pad_dim)
+    for flag, path, kind in (("--data_dir", o.data_dir, "dir"), ("--prompt_path", o.prompt_path, "file"),
+                             ("--rec_model_path", o.rec_model_path, "file"), ("--resume", o.resume, "file"),
+                             ("--init_ckpt", o.init_ckpt, "file"), ("--export_rows_file", o.export_rows_file, "file"),
+                             ("--llm", o.llm if o.llm not in ("tiny", "smollm2") else None, "dir")):
+        if path is not None and not (Path(path).is_dir() if kind == "dir" else Path(path).is_file()):
+            raise ValueError(f"{flag} {path}: expected an existing {'folder' if kind == 'dir' else 'file'}")
+    check_writable(o.out, "--out")
+    check_writable(o.ckpt_dir, "--ckpt_dir", directory=True)
+    check_writable(o.export_dir, "--export_dir", directory=True)
+    check_writable(o.emb_cache, "--emb_cache")
+
+
+def load_inputs(o: RunOptions, tcfg: TrainConfig, dcfg: DataConfig) -> dict:
+    """Every data file the run will read, read and validated now (before the LLM is loaded): the train frame,
+    the evaluated splits, the export rows, the prompts."""
+    out: dict = {"prompts": load_prompts(o.prompt_path)}
+    if tcfg.max_epochs > 0:
+        out["train"] = LastFMData(dcfg, "train")
+    if o.eval_rows is None or o.eval_rows > 0:
+        out["eval"] = {s: LastFMData(dcfg, s) for s in o.splits()}
+    if o.export_dir and (o.export_rows > 0 or o.export_rows_file):
+        if o.export_rows_file:   # unfiltered frame: row r = train_data.df row r (DLLM2Rec's train rows)
+            tr = LastFMData(DataConfig(**{**asdict(dcfg), "min_len_seq": 1}), "train")
+            out["export_rows"] = read_rows_file(o.export_rows_file, len(tr))
+        else:
+            tr = out.get("train") or LastFMData(dcfg, "train")
+            require(o.export_rows <= len(tr), "--export_rows", f"at most the {len(tr)} rows of the train frame "
+                    f"with len_seq >= {dcfg.min_len_seq}", o.export_rows)
+            out["export_rows"] = list(range(o.export_rows))
+        out["export"] = tr
+    return out
+
+
+def run_train(teacher, o: RunOptions, tcfg: TrainConfig, inputs: dict, report: dict, timings: dict) -> bool:
+    """Training phase; False on a non-main DDP process (which then stops)."""
+    t = time.perf_counter()
+    acc = make_accelerator()   # torchrun / accelerate launch: data parallel; else None (single process)
+    r = train(teacher, inputs["train"], inputs["prompts"], tcfg, ckpt_dir=o.ckpt_dir, resume=o.resume,
+              progress=not o.no_progress, accelerator=acc)
+    if acc is not None and not acc.is_main_process:
+        return False   # evaluation, export and the report happen once, on the main process
+    report["train"] = {"global_step": r.global_step, "batches": r.batches, "emb_batches": r.emb_batches,
+                       "first_loss": r.losses[0] if r.losses else None,
+                       "last_loss": r.losses[-1] if r.losses else None, "seconds": round(r.seconds, 2),
+                       "checkpoint": r.checkpoint}
+    timings["train_s"] = time.perf_counter() - t
+    return True
+
+
+def run_eval(teacher, o: RunOptions, tcfg: TrainConfig, inputs: dict, report: dict, timings: dict) -> None:
+    teacher.eval()
+    for split, d in inputs["eval"].items():
+        t = time.perf_counter()
+        n = len(d) if o.eval_rows is None else min(o.eval_rows, len(d))
+        res, _ = teacher.evaluate(eval_batches(d, teacher.tokenizer, inputs["prompts"], list(range(n)),
+                                               tcfg.batch_size, tcfg.seed, tcfg.mode),
+                                  max_new_tokens=o.max_new_tokens)
+        timings[f"eval_{split}_s"] = time.perf_counter() - t
+        report[split] = {"hr1": res.hr1, "valid_ratio": res.valid_ratio, "metric": res.metric,
+                         "rows": res.n_rows, "seconds": timings[f"eval_{split}_s"]}
+
+
+def run_export(teacher, o: RunOptions, dcfg: DataConfig, inputs: dict, report: dict, timings: dict) -> None:
+    tr, rows, prompts = inputs["export"], inputs["export_rows"], inputs["prompts"]
+    emb = None
+    if o.emb_cache:
+        t = time.perf_counter()
+        emb, report["emb_cache"] = cached_item_embeddings(o.emb_cache, teacher, tr, o.emb_source,
+                                                          llm=f"{o.llm}|{o.rec_model_path}")
+        timings["embeddings_s"] = time.perf_counter() - t
+    ex_t: dict = {}
+    kw = dict(k=o.topk, cans_num=dcfg.cans_num, batch_size=o.export_batch, seed=o.export_seed,
+              emb_source=o.emb_source, pad_dim=o.pad_dim, cached=o.scoring == "cached")
+    if o.uncertainty == "none":
+        folder = export_teacher(teacher, tr, prompts, o.export_dir, o.export_name, rows, embeddings=emb,
+                                timings=ex_t, **kw)
+    else:
+        from reimpl.extensions.uamd import export_teacher_with_uncertainty
+
+        t = time.perf_counter()
+        if emb is None:
+            emb = all_item_embeddings(teacher, tr, o.emb_source)
+            ex_t["embeddings_s"] = time.perf_counter() - t
+        t = time.perf_counter()
+        folder = export_teacher_with_uncertainty(teacher, tr, prompts, o.export_dir, o.export_name, rows,
+                                                 kind=o.uncertainty, embeddings=emb, **kw)
+        ex_t["export_scoring_s"] = time.perf_counter() - t   # incl. writing the files (small)
+    if emb is not None and o.emb_cache:
+        ex_t.pop("embeddings_s", None)   # timed above (cache load or computation)
+    timings.update(ex_t)
+    if o.export_rows_file:
+        (Path(folder) / "rows.txt").write_text("".join(f"{r}\n" for r in rows))
+    report["export"] = str(folder)
+    report["export_stats"] = {"rows": len(rows), "scoring": o.scoring, "uncertainty": o.uncertainty,
+                              "scoring_seconds_per_row": timings["export_scoring_s"] / len(rows)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Options -> data -> LLM -> train / eval / export; a bad option or file exits 2 naming it, before any work."""
+    from reimpl.ilora.teacher import TeacherConfig
+
+    a, o, tcfg, dcfg = parse_options(argv)
+    if o.threads is not None:
+        torch.set_num_threads(o.threads)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     t_all = time.perf_counter()
     timings: dict = {}
-    torch.manual_seed(a.seed)
-    t = time.perf_counter()
-    teacher = build_from_args(a)
-    if a.init_ckpt:
-        load_checkpoint(a.init_ckpt, teacher)
-    timings["load_s"] = time.perf_counter() - t
-    prompts = load_prompts(a.prompt_path)
-    dcfg = DataConfig(data_dir=a.data_dir, cans_num=a.cans_num, mode=a.mode)
-    report: dict = {"threads": torch.get_num_threads()}
-    if a.max_epochs > 0:
+    try:
+        inputs = load_inputs(o, tcfg, dcfg)
+        torch.manual_seed(tcfg.seed)
         t = time.perf_counter()
-        ocfg = OptimConfig(lr=a.lr, weight_decay=a.weight_decay, lr_decay_min_lr=a.lr_decay_min_lr,
-                           lr_warmup_start_lr=a.lr_warmup_start_lr, mode=a.mode)
-        tcfg = TrainConfig(batch_size=a.batch_size, accumulate_grad_batches=a.accumulate_grad_batches,
-                           max_epochs=a.max_epochs, seed=a.seed, limit_rows=a.limit_rows,
-                           limit_train_batches=a.limit_train_batches, optim=ocfg, mode=a.mode)
-        acc = make_accelerator()   # torchrun / accelerate launch: data parallel; else None (single process)
-        r = train(teacher, LastFMData(dcfg, "train"), prompts, tcfg, ckpt_dir=a.ckpt_dir, resume=a.resume,
-                  progress=not a.no_progress, accelerator=acc)
-        if acc is not None and not acc.is_main_process:
-            return 0   # evaluation, export and the report happen once, on the main process
-        report["train"] = {"global_step": r.global_step, "batches": r.batches, "emb_batches": r.emb_batches,
-                           "first_loss": r.losses[0] if r.losses else None,
-                           "last_loss": r.losses[-1] if r.losses else None, "seconds": round(r.seconds, 2),
-                           "checkpoint": r.checkpoint}
-        timings["train_s"] = time.perf_counter() - t
-    if a.eval_rows is None or a.eval_rows > 0:
-        teacher.eval()
-        for split in splits:
-            t = time.perf_counter()
-            d = LastFMData(dcfg, split)
-            n = len(d) if a.eval_rows is None else min(a.eval_rows, len(d))
-            res, _ = teacher.evaluate(eval_batches(d, teacher.tokenizer, prompts, list(range(n)), a.batch_size,
-                                                   a.seed, a.mode), max_new_tokens=a.max_new_tokens)
-            timings[f"eval_{split}_s"] = time.perf_counter() - t
-            report[split] = {"hr1": res.hr1, "valid_ratio": res.valid_ratio, "metric": res.metric,
-                             "rows": res.n_rows, "seconds": timings[f"eval_{split}_s"]}
-    if a.export_dir and (a.export_rows > 0 or a.export_rows_file):
-        if a.export_rows_file:   # unfiltered frame: row r = train_data.df row r (DLLM2Rec's train rows)
-            tr = LastFMData(DataConfig(data_dir=a.data_dir, cans_num=a.cans_num, mode=a.mode, min_len_seq=1), "train")
-            rows = read_rows_file(a.export_rows_file, len(tr))
-        else:
-            tr = LastFMData(dcfg, "train")
-            rows = list(range(a.export_rows))
-        emb = None
-        if a.emb_cache:
-            t = time.perf_counter()
-            emb, report["emb_cache"] = cached_item_embeddings(a.emb_cache, teacher, tr, a.emb_source,
-                                                              llm=f"{a.llm}|{a.rec_model_path}")
-            timings["embeddings_s"] = time.perf_counter() - t
-        ex_t: dict = {}
-        kw = dict(k=a.topk, cans_num=a.cans_num, batch_size=a.export_batch, seed=a.export_seed,
-                  emb_source=a.emb_source, pad_dim=a.pad_dim, cached=a.scoring == "cached")
-        if a.uncertainty == "none":
-            folder = export_teacher(teacher, tr, prompts, a.export_dir, a.export_name, rows, embeddings=emb,
-                                    timings=ex_t, **kw)
-        else:
-            from reimpl.extensions.uamd import export_teacher_with_uncertainty
-
-            t = time.perf_counter()
-            if emb is None:
-                emb = all_item_embeddings(teacher, tr, a.emb_source)
-                ex_t["embeddings_s"] = time.perf_counter() - t
-            t = time.perf_counter()
-            folder = export_teacher_with_uncertainty(teacher, tr, prompts, a.export_dir, a.export_name, rows,
-                                                     kind=a.uncertainty, embeddings=emb, **kw)
-            ex_t["export_scoring_s"] = time.perf_counter() - t   # incl. writing the files (small)
-        if emb is not None and a.emb_cache:
-            ex_t.pop("embeddings_s", None)   # timed above (cache load or computation)
-        timings.update(ex_t)
-        if a.export_rows_file:
-            (Path(folder) / "rows.txt").write_text("".join(f"{r}\n" for r in rows))
-        report["export"] = str(folder)
-        report["export_stats"] = {"rows": len(rows), "scoring": a.scoring, "uncertainty": a.uncertainty,
-                                  "scoring_seconds_per_row": timings["export_scoring_s"] / len(rows)}
+        teacher = build_from_args(a)
+        if o.init_ckpt:
+            load_checkpoint(o.init_ckpt, teacher)
+        timings["load_s"] = time.perf_counter() - t
+        report: dict = {"threads": torch.get_num_threads(), "environment": ckpt_io.environment(),
+                        "config": {"run": asdict(o), "train": asdict(tcfg), "data": asdict(dcfg),
+                                   "teacher": asdict(from_namespace(TeacherConfig, a))}}
+        if tcfg.max_epochs > 0 and not run_train(teacher, o, tcfg, inputs, report, timings):
+            return 0
+    except (DataError, ckpt_io.CheckpointError) as e:   # bad input: the message names file and field
+        print(f"python -m reimpl.ilora.train: error: {e}", file=sys.stderr)
+        return 2
+    if "eval" in inputs:
+        run_eval(teacher, o, tcfg, inputs, report, timings)
+    if "export" in inputs:
+        run_export(teacher, o, dcfg, inputs, report, timings)
     timings["total_s"] = time.perf_counter() - t_all
     report["timings"] = {k: round(v, 3) for k, v in timings.items()}
     text = json.dumps(report, indent=2)
     print(text)
-    if a.out:
-        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(a.out).write_text(text + "\n")
+    if o.out:
+        ckpt_io.write_text_atomic(o.out, text + "\n")
     return 0
 
 
