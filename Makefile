@@ -4,7 +4,7 @@ PY    := .venv/bin/python
 STAMP := .venv/.recparity-stamp
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: setup refs refs-optional test parity drift golden bench baseline baseline-quick extensions teacher-curve clean-refs
+.PHONY: setup refs refs-optional test parity drift epoch-identity golden bench baseline baseline-quick extensions teacher-curve clean-refs
 
 setup: $(STAMP)
 
@@ -32,6 +32,10 @@ test: setup refs-optional
 parity: setup $(if $(GOLDEN_ONLY),,refs)
 	$(PY) -m parity.run $(if $(GOLDEN_ONLY),--golden-only)
 
+# One distilled LastFM epoch, reimpl faithful vs main.py, per kernel set -> parity/epoch_identity.json (~10 min)
+epoch-identity: setup refs
+	$(PY) -m parity.epoch
+
 # How far the reference's own outputs move between kernel sets -> parity/drift.json (~1.5 min)
 drift: setup refs
 	$(PY) -m parity.drift
@@ -41,6 +45,7 @@ golden: setup refs
 
 bench: setup refs
 	$(PY) -m benchmarks.run
+	$(PY) -m benchmarks.epochs
 
 # Extension trial (UAMD, RDR, CDR, selection) against the distill plan's teacher and verified baseline
 # -> reports/extensions.md (~3 min, plus ~4 min of SmolLM2 rationales when the cache is empty; needs `make baseline`)

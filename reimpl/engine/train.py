@@ -97,37 +97,67 @@ class Batches:
         return np.stack([self.rng.choice(self.n, self.b, replace=False) for _ in range(self.nb)])
 
 
+class Session:
+    """Student, optimizer, resident tensors and random streams of one run; :meth:`step` is one optimizer step."""
+
+    def __init__(self, cfg: EngineConfig, data: DLLM2RecData):
+        s = self.s = cfg.student
+        self.cfg, self.data, self.obj = cfg, data, cfg.objective_spec()
+        torch.manual_seed(s.seed)
+        self.model = build_student(s, data.item_num, data.seq_size)
+        # fused: one kernel over all parameters (same update formula; ~5x faster than the per-tensor loop on CPU)
+        self.opt = torch.optim.Adam(self.model.parameters(), lr=s.lr, eps=1e-8, weight_decay=s.l2_decay, fused=True)
+        self.gen = torch.Generator().manual_seed(s.seed)
+        self.seq, self.lens, self.nxt = (torch.from_numpy(np.array(a, dtype=np.int64)) for a in
+                                         (data.train_seq, data.train_len, data.train_next))
+        obj = self.obj
+        self.ps = (torch.tensor(dlosses.propensity_scores(data.train_next, data.item_num), dtype=torch.float32)
+                   if obj.alpha != 0 else None)
+        if obj.lam != 0 and data.candidates is None:
+            raise ValueError("lam != 0 needs the teacher ranking (tocf/<data>/myrank_train.txt)")
+        self.table = data.llm_table if s.ed_weight != 0 else None
+        if s.ed_weight != 0 and self.table is None:
+            raise ValueError("ed_weight != 0 needs the teacher embeddings (tocf/<data>/all_embeddings.pt)")
+        self.table_ext = forward.extend_table(self.table) if self.table is not None else None
+        self.need_neg = cfg.objective == "bce" or obj.lam != 0
+        self.full = losses.needs_full_scores(obj)
+        n = len(data.train_next)
+        if n < s.batch_size:
+            raise ValueError(f"train split has {n} rows, fewer than batch_size={s.batch_size}")
+        nb = int(n / s.batch_size)
+        if s.max_batches_per_epoch is not None:
+            nb = min(nb, s.max_batches_per_epoch)
+        self.batches = Batches(n, s.batch_size, nb, cfg.epoch_order, s.seed)
+
+    def step(self, rows: torch.Tensor) -> torch.Tensor:
+        """One optimizer step on train rows ``rows`` ``[B]``; returns the (detached) loss."""
+        obj, data = self.obj, self.data
+        b_seq, b_len, b_t = self.seq[rows], self.lens[rows], self.nxt[rows]
+        neg = sample_negatives(b_seq, b_t, data.item_num, self.gen) if self.need_neg else None
+        if self.full:
+            out = forward.scores(self.model, b_seq, b_len, self.table_ext)
+            loss, _ = losses.loss(out, b_t, neg, obj, ps=self.ps,
+                                  candidates=None if obj.lam == 0 else data.candidates[rows],
+                                  confidence=None if obj.lam == 0 else data.confidence[rows])
+        else:  # BCE only: two columns of the head
+            o = forward.scores_at(self.model, b_seq, b_len, torch.cat([b_t.view(-1, 1), neg], 1), self.table_ext)
+            loss = losses.bce_at(o[:, :1], o[:, 1:])
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"engine: training loss is {loss.item()}")
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        return loss.detach()
+
+
 def train(cfg: EngineConfig, data: DLLM2RecData, *, checkpoint: str | Path | None = None, log=print,
           on_epoch=None) -> dict:
     """Train, evaluate every ``eval_every`` epochs, early-stop; returns the metrics dict (history per epoch).
 
     ``on_epoch(rec)`` is called after each epoch with its record (for stores / progress)."""
-    s = cfg.student
-    obj = cfg.objective_spec()
-    torch.manual_seed(s.seed)
-    model = build_student(s, data.item_num, data.seq_size)
-    # fused: one kernel over all parameters (same update formula; ~5x faster than the per-tensor loop on CPU)
-    opt = torch.optim.Adam(model.parameters(), lr=s.lr, eps=1e-8, weight_decay=s.l2_decay, fused=True)
-    gen = torch.Generator().manual_seed(s.seed)
-    seq, lens, nxt = (torch.from_numpy(np.array(a, dtype=np.int64)) for a in
-                      (data.train_seq, data.train_len, data.train_next))
-    ps = (torch.tensor(dlosses.propensity_scores(data.train_next, data.item_num), dtype=torch.float32)
-          if obj.alpha != 0 else None)
-    if obj.lam != 0 and data.candidates is None:
-        raise ValueError("lam != 0 needs the teacher ranking (tocf/<data>/myrank_train.txt)")
-    table = data.llm_table if s.ed_weight != 0 else None
-    if s.ed_weight != 0 and table is None:
-        raise ValueError("ed_weight != 0 needs the teacher embeddings (tocf/<data>/all_embeddings.pt)")
-    table_ext = forward.extend_table(table) if table is not None else None
-    need_neg = cfg.objective == "bce" or obj.lam != 0
-    full = losses.needs_full_scores(obj)
-    n = len(data.train_next)
-    if n < s.batch_size:
-        raise ValueError(f"train split has {n} rows, fewer than batch_size={s.batch_size}")
-    nb = int(n / s.batch_size)
-    if s.max_batches_per_epoch is not None:
-        nb = min(nb, s.max_batches_per_epoch)
-    batches = Batches(n, s.batch_size, nb, cfg.epoch_order, s.seed)
+    sess = Session(cfg, data)
+    s, model, opt, gen, batches, table = sess.s, sess.model, sess.opt, sess.gen, sess.batches, sess.table
+    nb = batches.nb
     state = {"epoch": 0, "best_score": 0.0, "best_epoch": 0, "history": [], "best": None,
              "stopped_early": False, "train_s": 0.0, "eval_s": 0.0}
     ck_path = Path(checkpoint) if checkpoint else None
@@ -147,22 +177,7 @@ def train(cfg: EngineConfig, data: DLLM2RecData, *, checkpoint: str | Path | Non
         t0 = time.perf_counter()
         total = torch.zeros((), dtype=torch.float64)
         for rows in torch.as_tensor(batches.epoch()):
-            b_seq, b_len, b_t = seq[rows], lens[rows], nxt[rows]
-            neg = sample_negatives(b_seq, b_t, data.item_num, gen) if need_neg else None
-            if full:
-                out = forward.scores(model, b_seq, b_len, table_ext)
-                l, _ = losses.loss(out, b_t, neg, obj, ps=ps,
-                                   candidates=None if obj.lam == 0 else data.candidates[rows],
-                                   confidence=None if obj.lam == 0 else data.confidence[rows])
-            else:  # BCE only: two columns of the head
-                o = forward.scores_at(model, b_seq, b_len, torch.cat([b_t.view(-1, 1), neg], 1), table_ext)
-                l = losses.bce_at(o[:, :1], o[:, 1:])
-            if not torch.isfinite(l):
-                raise FloatingPointError(f"engine: training loss is {l.item()} at epoch {state['epoch'] + 1}")
-            opt.zero_grad(set_to_none=True)
-            l.backward()
-            opt.step()
-            total += l.detach()
+            total += sess.step(rows)
         train_s = time.perf_counter() - t0
         state["epoch"] += 1
         state["train_s"] += train_s

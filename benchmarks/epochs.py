@@ -1,0 +1,218 @@
+"""Whole training epochs on real LastFM: the unmodified DLLM2Rec ``main.py`` vs the engine (issue 15).
+
+Data: iLoRA's published LastFM train/val/test re-laid out for ``main.py`` (``reimpl.data.convert``; 50,800 train
+rows -> ``int(50800 / 256) = 198`` batches per epoch, 4,606 items). Teacher files for distillation are synthetic
+but well-formed (seeded): ``myrank_train.txt`` 20 distinct candidates per row, ``confidence_train.txt`` in [0, 5),
+``all_embeddings.pt`` ``[4606, 4096]`` float32 (a real export has the same shapes; timing does not depend on the
+values).
+
+Measured per (student, distillation): the reference runs ``--epoch 2`` through ``parity/shims/dllm2rec_main.py``;
+its epoch-2 training time is the time between the capture stamps of epoch 1's TEST evaluation and epoch 2's VAL
+evaluation (the 122-row VAL forward it includes is negligible). The engine trains ``ENGINE_EPOCHS`` epochs in
+its own process; the median of epochs 2.. is reported (wall and process CPU time). Both sides: one thread
+(``OMP_NUM_THREADS=1``), each in its own process. "default distillation" = main.py's defaults (lam 0.8,
+ed_weight 0.2, alpha 1); "no distillation" = ``--lam 0 --ed_weight 0 --alpha 0``.
+
+Achieved FLOP/s: matmul/conv FLOPs of one engine step counted by ``torch.utils.flop_counter.FlopCounterMode``
+(forward + backward), times the steps per epoch, over the epoch time; against this CPU's fp32 peak
+(``PEAK_GFLOPS_PER_CORE`` per core: Zen 4, AVX-512 executed as 2 x 256-bit FMA, ~2.6 GHz).
+
+Usage: ``python -m benchmarks.epochs [--models SASRec,GRU,Caser] [--variants kd,plain] [--out reports/bench_epochs.md]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from reimpl.paths import DATA, REPORTS, ROOT, RUNS
+
+WORK = RUNS / "bench_epochs"
+ENGINE_EPOCHS = 3
+PEAK_GFLOPS_PER_CORE = 85.0   # ~170 GFLOP/s fp32 on the 2 cores
+VARIANTS = {"kd": [], "plain": ["--lam", "0", "--ed_weight", "0", "--alpha", "0"]}
+
+
+def env() -> dict:
+    e = dict(os.environ)
+    e.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONDONTWRITEBYTECODE="1", PYTHONUNBUFFERED="1")
+    e["PYTHONPATH"] = str(ROOT) + (os.pathsep + e["PYTHONPATH"] if e.get("PYTHONPATH") else "")
+    return e
+
+
+def prepare(work: Path = WORK, seed: int = 0) -> Path:
+    """The main.py working directory (``data/lastfm``, ``tocf/lastfm``), written once."""
+    import torch
+
+    from reimpl.data.convert import ilora_to_dllm2rec
+
+    done = work / "ready"
+    if done.is_file():
+        return work
+    ds = ilora_to_dllm2rec(DATA / "ilora" / "lastfm", work / "data" / "lastfm", "lastfm")
+    n, I = ds["train"].n, ds.item_num
+    rs = np.random.RandomState(seed)
+    cand = (rs.randint(0, I, size=(n, 1)) + np.cumsum(rs.randint(1, 50, size=(n, 20)), axis=1)) % I
+    t = work / "tocf" / "lastfm"
+    t.mkdir(parents=True, exist_ok=True)
+    np.savetxt(t / "myrank_train.txt", cand, fmt="%d")
+    np.savetxt(t / "confidence_train.txt", rs.random_sample((n, 20)) * 5, fmt="%.6f")
+    g = torch.Generator().manual_seed(seed)
+    torch.save(torch.randn(I, 4096, generator=g) * 0.02, t / "all_embeddings.pt")
+    done.write_text("ok\n")
+    return work
+
+
+def load() -> str:
+    return os.getloadavg().__repr__() if hasattr(os, "getloadavg") else "n/a"
+
+
+def reference_epoch(model: str, variant: str, work: Path) -> dict:
+    cmd = [sys.executable, "-m", "benchmarks.epochs", "--ref-child", model, variant, str(work)]
+    l0 = load()
+    p = subprocess.run(cmd, cwd=ROOT, env=env(), capture_output=True, text=True)
+    if p.returncode != 0:
+        raise RuntimeError(f"reference {model} {variant} failed:\n{p.stderr[-3000:]}")
+    out = json.loads(p.stdout.strip().splitlines()[-1])
+    out.update(load_before=l0, load_after=load())
+    return out
+
+
+def _ref_child(model: str, variant: str, work: str) -> None:
+    """main.py --epoch 2 through the shim; wall and CPU stamps at each evaluation (the shim's capture hook)."""
+    import contextlib
+    import io
+
+    from parity.shims import dllm2rec_main as shim
+
+    stamps = []
+    wrap = shim._wrap_calculate_hit
+
+    def wrap_with_stamps(utility, evals):
+        wrap(utility, evals)
+        inner = utility.calculate_hit
+
+        def stamped(*a, **k):
+            stamps.append((time.time(), time.process_time()))
+            return inner(*a, **k)
+
+        utility.calculate_hit = stamped
+
+    shim._wrap_calculate_hit = wrap_with_stamps
+    cap = Path(work) / f"ref_{model}_{variant}.json"
+    with contextlib.redirect_stdout(io.StringIO()):
+        code = shim.run(1, work, ["--model_name", model, "--data", "lastfm", "--epoch", "2", *VARIANTS[variant]], cap)
+    ev = json.loads(cap.read_text())["evals"]
+    # calls alternate VAL, TEST once per epoch (main.py:499-505): epoch 2's training lies between call 2 and 3
+    if code != 0 or [e["split"] for e in ev[:3]] != ["val", "test", "val"] or len(stamps) < 3:
+        raise RuntimeError(f"{cap}: exit {code}, expected VAL, TEST, VAL evaluations, got {[e['split'] for e in ev]}")
+    print(json.dumps({"epoch_s": stamps[2][0] - stamps[1][0], "epoch_cpu_s": stamps[2][1] - stamps[1][1]}))
+
+
+def engine_epochs(model: str, variant: str, work: Path) -> dict:
+    cmd = [sys.executable, "-m", "benchmarks.epochs", "--engine-child", model, variant, str(work)]
+    l0 = load()
+    p = subprocess.run(cmd, cwd=ROOT, env=env(), capture_output=True, text=True)
+    if p.returncode != 0:
+        raise RuntimeError(f"engine {model} {variant} failed:\n{p.stderr[-3000:]}")
+    out = json.loads(p.stdout.strip().splitlines()[-1])
+    out.update(load_before=l0, load_after=load())
+    return out
+
+
+def _engine_child(model: str, variant: str, work: str) -> None:
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from reimpl.dllm2rec.config import DLLM2RecConfig
+    from reimpl.dllm2rec.train import load_data
+    from reimpl.engine import train as etrain
+
+    torch.set_num_threads(1)
+    kd = variant == "kd"
+    args = {} if kd else {"lam": 0.0, "ed_weight": 0.0, "alpha": 0.0}
+    s = DLLM2RecConfig(model_name=model, data="lastfm", mode="fixed", epoch=ENGINE_EPOCHS, seed=1, **args)
+    data = load_data(work, "lastfm", need_rank=kd, need_emb=kd)
+    cfg = etrain.EngineConfig(s)
+    sess = etrain.Session(cfg, data)  # FLOPs of one step (forward + backward + the matmuls of the update)
+    rows = torch.as_tensor(sess.batches.epoch()[0])
+    sess.step(rows)
+    with FlopCounterMode(display=False) as fc:
+        sess.step(rows)
+    cpu = []
+    t_start = time.process_time()
+    last = [t_start]
+
+    def on_epoch(rec):
+        now = time.process_time()
+        cpu.append(now - last[0] - rec.get("eval_s", 0.0))
+        last[0] = now
+
+    res = etrain.train(cfg, data, log=lambda m: None, on_epoch=on_epoch)
+    wall = [h["train_s"] for h in res["history"]]
+    nb = int(len(data.train_next) / s.batch_size)
+    print(json.dumps({"epoch_s": statistics.median(wall[1:]), "epoch_cpu_s": statistics.median(cpu[1:]),
+                      "epochs_wall_s": wall, "flops_per_step": fc.get_total_flops(), "steps": nb}))
+
+
+def render(rows: list[dict], out: Path, note: str) -> None:
+    lines = ["# Whole-epoch benchmark: DLLM2Rec `main.py` vs the engine (real LastFM)", "",
+             "Generated by `python -m benchmarks.epochs` (part of `make bench`); method in `benchmarks/epochs.py`.",
+             "One thread per side, each in its own process; the machine's 2 cores are shared with other jobs, so",
+             "the load average (1/5/15 min, before -> after each measurement) is given next to every timing.", "",
+             "| student | distillation | reference epoch, wall / CPU (s) | engine epoch, wall / CPU (s) | "
+             "speed-up wall / CPU | goal | engine GFLOP/s, CPU time (% of 1-core peak) | load ref | load engine |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in rows:
+        goal = 20 if r["variant"] == "kd" else 10
+        sp = r["ref"]["epoch_s"] / r["eng"]["epoch_s"]
+        sp_cpu = r["ref"]["epoch_cpu_s"] / r["eng"]["epoch_cpu_s"]
+        gf = r["eng"]["flops_per_step"] * r["eng"]["steps"] / r["eng"]["epoch_cpu_s"] / 1e9
+        lines.append(f"| {r['model']} | {'default (lam 0.8, ed 0.2, alpha 1)' if r['variant'] == 'kd' else 'none'} | "
+                     f"{r['ref']['epoch_s']:.1f} / {r['ref']['epoch_cpu_s']:.1f} | {r['eng']['epoch_s']:.2f} / "
+                     f"{r['eng']['epoch_cpu_s']:.2f} | {sp:.1f}x / {sp_cpu:.1f}x | {goal}x "
+                     f"{'met' if min(sp, sp_cpu) >= goal else 'not met'} | {gf:.1f} "
+                     f"({100 * gf / PEAK_GFLOPS_PER_CORE:.0f} %) | {r['ref']['load_before']} -> "
+                     f"{r['ref']['load_after']} | {r['eng']['load_before']} -> {r['eng']['load_after']} |")
+    lines += ["", note, ""]
+    out.write_text("\n".join(lines))
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in ("--engine-child", "--ref-child"):
+        (_engine_child if argv[0] == "--engine-child" else _ref_child)(*argv[1:4])
+        return 0
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.epochs")
+    ap.add_argument("--models", default="SASRec,GRU,Caser")
+    ap.add_argument("--variants", default="kd,plain")
+    ap.add_argument("--out", default=str(REPORTS / "bench_epochs.md"))
+    ap.add_argument("--json", default=str(WORK / "results.json"))
+    ap.add_argument("--note", default="")
+    a = ap.parse_args(argv)
+    work = prepare()
+    prev = json.loads(Path(a.json).read_text()) if Path(a.json).is_file() else {}
+    rows = []
+    for m in a.models.split(","):
+        for v in a.variants.split(","):
+            key = f"{m}/{v}"
+            eng = engine_epochs(m, v, work)
+            ref = prev.get(key, {}).get("ref") or reference_epoch(m, v, work)
+            rows.append({"model": m, "variant": v, "ref": ref, "eng": eng})
+            prev[key] = rows[-1]
+            Path(a.json).write_text(json.dumps(prev, indent=1))
+            print(f"{key}: reference {ref['epoch_s']:.1f} s, engine {eng['epoch_s']:.2f} s", flush=True)
+    render(rows, Path(a.out), a.note)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
