@@ -170,7 +170,8 @@ def run_one(run: ConvergedRun, store_root: str | None = None, runs_root: str | N
     rdir = Path(runs_root or RUNS / PLAN_NAME) / run.run_id
     rdir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    res = train(run.engine_config(), data, checkpoint=rdir / "ckpt.pt", log=lambda m: None)
+    res = train(run.engine_config(), data, checkpoint=rdir / "ckpt.pt",
+                log=lambda m: print(f"{run.run_id}: {m}", file=sys.stderr, flush=True))
     rec = make_record(plan=PLAN_NAME, run_id=run.run_id, config=cfg,
                       data={"protocol": cfg["protocol"], "digest": digest, "facts": facts}, result=res,
                       threads=threads, wall_s=time.perf_counter() - t0)
