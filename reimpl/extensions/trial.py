@@ -51,13 +51,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from reimpl.data.id2name import read_id2name
 from reimpl.dllm2rec.config import DLLM2RecConfig, add_arguments, from_namespace
 from reimpl.dllm2rec.train import DLLM2RecData, load_data, train
 from reimpl.extensions.cdr import CDRConfig, run_cdr, selected
-from reimpl.extensions.hooks import repr_width, ExtConfig, build_hooks
-
-from reimpl.data.id2name import read_id2name
+from reimpl.extensions.hooks import ExtConfig, build_hooks, repr_width
 from reimpl.paths import DATA, ROOT, SHARED
+
 TEMPLATE = Path(__file__).with_name("templates") / "extensions.md.j2"
 METRICS = ("ndcg@10", "hr@10", "mrr", "ece")
 IDENTICAL_TOL = 1e-12   # |loss, hr, ndcg, mrr| per epoch, arm vs baseline run
@@ -403,7 +403,8 @@ def rationales(data: DLLM2RecData, names: dict[int, str], store: Path, n: int | 
     return {"store": str(store), "n": len(rows), "coverage": len(rows) / N, "gen_s": gen_s,
             "cached_before": cached_before, "generated": len(rows) - cached_before,
             "s_per_generated_row": gen_s / max(len(rows) - cached_before, 1) if len(rows) > cached_before else None,
-            "cache_s_per_row": cache_rate, "encode_s": time.time() - t0, "gen": dataclasses.asdict(gen), "model_id": recs[rows[0]]["model_id"],
+            "cache_s_per_row": cache_rate, "encode_s": time.time() - t0, "gen": dataclasses.asdict(gen),
+            "model_id": recs[rows[0]]["model_id"],
             "dim": int(vec.shape[1]), "words_mean": float(np.mean(lens)),
             "empty": int(sum(1 for r in rows if not recs[r]["rationale"].strip())),
             "distinct": len({recs[r]["rationale"] for r in rows}),
@@ -640,19 +641,24 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
-def run_trial(a: argparse.Namespace, *, plan=None, rdr_model=None, rdr_tokenizer=None, rdr_model_id=None,
-              encoder=None, log=None, argv_text: str = "") -> dict:
-    """The whole trial (module docstring); ``plan``/``rdr_*``/``encoder`` are injectable for tests.
-    Returns the results dict also written to ``--results``."""
-    from reimpl.baselines.config import PLANS
+# What a CDR round refreshes, per teacher kind (also written into the results file).
+WHAT_CDR = {
+    "ilora": {"refreshed": ["the injected item table (all_embeddings.pt): the previous round's student item "
+                            "embeddings written into its zero padding, the LLM columns kept"],
+              "not_refreshed": ["the teacher's ranking (myrank_train.txt)", "its confidences",
+                                "its UAMD uncertainty", "the teacher's weights (no LoRA / router / projector "
+                                "fine-tuning)"],
+              "why": "a real round re-trains and re-exports the SmolLM2 iLoRA teacher (hours of CPU here)"},
+    "standin": {"refreshed": ["stand-in experts' item embeddings + output layer (fine-tuned from the student's, "
+                              "CE + 0.5 KL(student || teacher), 1 epoch)", "ranking, confidence, uncertainty, "
+                              "item table (re-exported)"],
+                "not_refreshed": ["the experts' sequence encoders (frozen)"],
+                "why": "stand-in teacher: a full round is cheap"},
+}
 
-    log = log or (lambda m: print(m, file=sys.stderr, flush=True))
-    torch.set_num_threads(a.threads)
-    t_all = time.time()
-    work = Path(a.work)
-    work.mkdir(parents=True, exist_ok=True)
-    plan = plan or PLANS[a.plan]
-    b = locate_baseline(a.baseline_root, plan, a.dataset)
+
+def _selection(a: argparse.Namespace, b: Baseline, plan) -> tuple[list[int], list[str], list[str], int]:
+    """(seeds, models, arms, epochs) of the trial, checked against the known arms."""
     seeds = [int(s) for s in a.seeds.split(",")] if a.seeds else list(b.seeds)
     models = [m for m in a.models.split(",") if m]
     arms = [x for x in a.arms.split(",") if x]
@@ -661,20 +667,105 @@ def run_trial(a: argparse.Namespace, *, plan=None, rdr_model=None, rdr_tokenizer
         raise SystemExit(f"--arms: unknown {sorted(unknown)}; known {list(ARMS)}")
     if "cdr" in arms and "dllm2rec" not in arms:
         raise SystemExit("--arms: cdr starts from the dllm2rec arm's student (round 0); list dllm2rec too")
-    epochs = a.epochs or plan.epochs
-    cfg0, _ = student_config(b, b.run_spec(models[0], seeds[0], "dllm2rec", epochs))
-    data = load_data(b.kd_workdir, b.kd.name, need_rank=True, need_emb=True,
-                     candidate_topk=cfg0.candidate_topk, d_llm=cfg0.d_llm)
-    from reimpl.extensions.uamd import read_uncertainty
-    u = read_uncertainty(b.tocf, len(data.train_next))
-    info = {"teacher_kind": a.teacher, "baseline_root": str(b.root), "plan": plan.name, "kd_key": b.kd.key,
+    return seeds, models, arms, a.epochs or plan.epochs
+
+
+def _data_info(a: argparse.Namespace, b: Baseline, plan, data: DLLM2RecData, epochs: int) -> dict:
+    return {"teacher_kind": a.teacher, "baseline_root": str(b.root), "plan": plan.name, "kd_key": b.kd.key,
             "plain_key": b.plain.key, "kd_workdir": str(b.kd_workdir), "tocf": str(b.tocf.resolve()),
             "n_train": int(len(data.train_next)), "n_val": int(len(data.val.targets)),
             "n_test": int(len(data.test.targets)), "item_num": int(data.item_num), "epochs": epochs,
             "same_data_as_plain": same_data_files(b.kd_workdir / "data" / b.kd.name,
                                                   b.plain_workdir / "data" / b.plain.name)}
+
+
+def _run_arm(a: argparse.Namespace, b: Baseline, arm_name: str, spec, cfg, data, u, rinfo, checks: list,
+             work: Path, t0: float, log) -> tuple[dict, tuple]:
+    """Train one non-CDR arm; the plain and dllm2rec arms are checked against the baseline run.
+    Returns (result record, (result, student, record))."""
+    mdl, s = spec.model, spec.seed
+    ext = arm_ext(ARMS[arm_name], s, rinfo["store"] if rinfo else None)
+    res, student = train_student(cfg, ext, data, u, log=lambda m: None)
+    rec = {"model": mdl, "arm": arm_name, "seed": s, "wall_s": time.time() - t0,
+           "peak_rss_mib": _peak_mib(), **summarize(res)}
+    if arm_name in ("plain", "dllm2rec"):
+        if a.teacher == "ilora" or arm_name == "plain":
+            chk = baseline_check(b, spec, res, work, not a.no_rerun, log)
+        else:
+            chk = {"run_id": spec.run_id, "source": "n/a", "identical": None,
+                   "note": "stand-in teacher: not the baseline's teacher"}
+        chk.update(model=mdl, seed=s, arm=arm_name)
+        checks.append(chk)
+        rec["baseline_check"] = chk
+        log(f"   baseline check: {chk.get('source')} identical={chk.get('identical')} "
+            f"max_abs={chk.get('max_abs')}")
+    return rec, (res, student, rec)
+
+
+def _cdr_rounds(a: argparse.Namespace, cfg, data, u, student0, rec0: dict, standin_obj) -> list[dict]:
+    """Round 0 (the dllm2rec arm's student) + ``a.cdr_rounds`` refinement rounds."""
+    rounds = [{"round": 0, "best_epoch": rec0["best_epoch"], "epochs_run": rec0["epochs_run"],
+               "val": rec0["val"], "test": rec0["test"], "seconds": rec0["wall_s"]}]
+    if a.teacher == "ilora":
+        width = table_width(data.llm_table)
+        d_r, student = dataclasses.replace(data), student0
+        for r in range(1, a.cdr_rounds + 1):
+            t1 = time.time()
+            d_r = dataclasses.replace(d_r, llm_table=refreshed_table(data.llm_table, student, width))
+            res, student = train_student(cfg, ExtConfig(), d_r, u, log=lambda m: None)
+            sm = summarize(res)
+            rounds.append({"round": r, "best_epoch": sm["best_epoch"], "epochs_run": sm["epochs_run"],
+                           "val": sm["val"], "test": sm["test"], "seconds": time.time() - t1})
+        return rounds
+    runs = run_cdr(CDRConfig(rounds=a.cdr_rounds, student_init="scratch", start="distilled"),
+                   cfg, ExtConfig(), data, standin_obj, uncertainty=u, log=lambda m: None)
+    for rr in runs[1:]:
+        sel = rr["selected"]
+        rounds.append({"round": rr["round"], "best_epoch": rr["student"]["best_epoch"],
+                       "epochs_run": rr["student"]["epochs_run"],
+                       "val": sel["ext"]["val"], "test": sel["ext"]["test"],
+                       "teacher_test": rr["teacher"]["test"], "seconds": rr["seconds"]})
+    return rounds
+
+
+def _run_cdr_arm(a: argparse.Namespace, cfg, data, u, students: dict, standin_obj, t0: float
+                 ) -> tuple[dict, list[dict]]:
+    """The CDR arm from the dllm2rec arm's student: (result record of the last round, per-round summary)."""
+    _res0, student0, rec0 = students["dllm2rec"]
+    rounds = _cdr_rounds(a, cfg, data, u, student0, rec0, standin_obj)
+    summary = [{k: v for k, v in r.items() if k not in ("val", "test")} |
+               {"test": {m: r["test"][m] for m in METRICS}, "val": {m: r["val"][m] for m in METRICS}}
+               for r in rounds]
+    last = rounds[-1]
+    rec = {"model": rec0["model"], "arm": "cdr", "seed": rec0["seed"],
+           "wall_s": rec0["wall_s"] + (time.time() - t0), "peak_rss_mib": _peak_mib(),
+           "best_epoch": last["best_epoch"], "epochs_run": last.get("epochs_run"), "val": last["val"],
+           "test": last["test"]}
+    return rec, summary
+
+
+def run_trial(a: argparse.Namespace, *, plan=None, rdr_model=None, rdr_tokenizer=None, rdr_model_id=None,
+              encoder=None, log=None, argv_text: str = "") -> dict:
+    """The whole trial (module docstring); ``plan``/``rdr_*``/``encoder`` are injectable for tests.
+    Returns the results dict also written to ``--results``."""
+    from reimpl.baselines.config import PLANS
+    from reimpl.extensions.uamd import read_uncertainty
+
+    log = log or (lambda m: print(m, file=sys.stderr, flush=True))
+    torch.set_num_threads(a.threads)
+    t_all = time.time()
+    work = Path(a.work)
+    work.mkdir(parents=True, exist_ok=True)
+    plan = plan or PLANS[a.plan]
+    b = locate_baseline(a.baseline_root, plan, a.dataset)
+    seeds, models, arms, epochs = _selection(a, b, plan)
+    cfg0, _ = student_config(b, b.run_spec(models[0], seeds[0], "dllm2rec", epochs))
+    data = load_data(b.kd_workdir, b.kd.name, need_rank=True, need_emb=True,
+                     candidate_topk=cfg0.candidate_topk, d_llm=cfg0.d_llm)
+    u = read_uncertainty(b.tocf, len(data.train_next))
+    info = _data_info(a, b, plan, data, epochs)
     ilora = teacher_facts(b, data, u, cfg0.candidate_topk)
-    standin = None
+    standin = standin_obj = None
     if a.teacher == "standin":
         data, u, standin, standin_obj = standin_teacher(b, data, cfg0, work, a.teacher_rows, SHARED, log)
     rinfo = None
@@ -689,85 +780,27 @@ def run_trial(a: argparse.Namespace, *, plan=None, rdr_model=None, rdr_tokenizer
         for s in seeds:
             students = {}
             for arm_name in arms:
-                arm = ARMS[arm_name]
-                spec = b.run_spec(mdl, s, arm.base, epochs)
+                spec = b.run_spec(mdl, s, ARMS[arm_name].base, epochs)
                 cfg, cmd = student_config(b, spec)
-                configs.setdefault(f"{mdl}/{arm.base}", {"config": dataclasses.asdict(cfg),
-                                                 "command": " ".join(cmd[2:]).replace(str(ROOT) + "/", "")})
+                configs.setdefault(f"{mdl}/{ARMS[arm_name].base}", {
+                    "config": dataclasses.asdict(cfg), "command": " ".join(cmd[2:]).replace(str(ROOT) + "/", "")})
                 log(f"== {mdl} seed {s} arm {arm_name}")
                 _clear_peak()
                 t0 = time.time()
                 if arm_name != "cdr":
-                    ext = arm_ext(arm, s, rinfo["store"] if rinfo else None)
-                    res, student = train_student(cfg, ext, data, u, log=lambda m: None)
-                    rec = {"model": mdl, "arm": arm_name, "seed": s, "wall_s": time.time() - t0,
-                           "peak_rss_mib": _peak_mib(), **summarize(res)}
-                    students[arm_name] = (res, student, rec)
-                    if arm_name in ("plain", "dllm2rec"):
-                        if a.teacher == "ilora" or arm_name == "plain":
-                            chk = baseline_check(b, spec, res, work, not a.no_rerun, log)
-                        else:
-                            chk = {"run_id": spec.run_id, "source": "n/a", "identical": None,
-                                   "note": "stand-in teacher: not the baseline's teacher"}
-                        chk.update(model=mdl, seed=s, arm=arm_name)
-                        checks.append(chk)
-                        rec["baseline_check"] = chk
-                        log(f"   baseline check: {chk.get('source')} identical={chk.get('identical')} "
-                            f"max_abs={chk.get('max_abs')}")
+                    rec, students[arm_name] = _run_arm(a, b, arm_name, spec, cfg, data, u, rinfo, checks, work, t0,
+                                                      log)
                 else:
-                    res0, student0, rec0 = students["dllm2rec"]
-                    rounds = [{"round": 0, "best_epoch": rec0["best_epoch"], "epochs_run": rec0["epochs_run"],
-                               "val": rec0["val"],
-                               "test": rec0["test"], "seconds": rec0["wall_s"]}]
-                    if a.teacher == "ilora":
-                        width = table_width(data.llm_table)
-                        d_r, student = dataclasses.replace(data), student0
-                        for r in range(1, a.cdr_rounds + 1):
-                            t1 = time.time()
-                            d_r = dataclasses.replace(d_r, llm_table=refreshed_table(data.llm_table, student, width))
-                            res, student = train_student(cfg, ExtConfig(), d_r, u, log=lambda m: None)
-                            sm = summarize(res)
-                            rounds.append({"round": r, "best_epoch": sm["best_epoch"], "epochs_run": sm["epochs_run"],
-                                           "val": sm["val"],
-                                           "test": sm["test"], "seconds": time.time() - t1})
-                    else:
-                        runs = run_cdr(CDRConfig(rounds=a.cdr_rounds, student_init="scratch", start="distilled"),
-                                       cfg, ExtConfig(), data, standin_obj, uncertainty=u, log=lambda m: None)
-                        for rr in runs[1:]:
-                            sel = rr["selected"]
-                            rounds.append({"round": rr["round"], "best_epoch": rr["student"]["best_epoch"],
-                                           "epochs_run": rr["student"]["epochs_run"],
-                                           "val": sel["ext"]["val"], "test": sel["ext"]["test"],
-                                           "teacher_test": rr["teacher"]["test"], "seconds": rr["seconds"]})
-                    cdr_runs[mdl][s] = [{k: v for k, v in r.items() if k not in ("val", "test")} |
-                                        {"test": {m: r["test"][m] for m in METRICS},
-                                         "val": {m: r["val"][m] for m in METRICS}} for r in rounds]
-                    last = rounds[-1]
-                    rec = {"model": mdl, "arm": "cdr", "seed": s,
-                           "wall_s": rec0["wall_s"] + (time.time() - t0), "peak_rss_mib": _peak_mib(),
-                           "best_epoch": last["best_epoch"], "epochs_run": last.get("epochs_run"), "val": last["val"],
-                           "test": last["test"]}
+                    rec, cdr_runs[mdl][s] = _run_cdr_arm(a, cfg, data, u, students, standin_obj, t0)
                 results.append(rec)
     tables = {m: stats([r for r in results if r["model"] == m], arms, seeds) for m in models}
     model_results = {m: [r for r in results if r["model"] == m] for m in models}
-    figdir = Path(a.out).parent / "figures"
-    figs = plots(model_results, tables, arms, cdr_runs, u, figdir)
-    what_cdr = (
-        {"refreshed": ["the injected item table (all_embeddings.pt): the previous round's student item embeddings "
-                       "written into its zero padding, the LLM columns kept"],
-         "not_refreshed": ["the teacher's ranking (myrank_train.txt)", "its confidences", "its UAMD uncertainty",
-                           "the teacher's weights (no LoRA / router / projector fine-tuning)"],
-         "why": "a real round re-trains and re-exports the SmolLM2 iLoRA teacher (hours of CPU here)"}
-        if a.teacher == "ilora" else
-        {"refreshed": ["stand-in experts' item embeddings + output layer (fine-tuned from the student's, "
-                       "CE + 0.5 KL(student || teacher), 1 epoch)", "ranking, confidence, uncertainty, item table "
-                       "(re-exported)"], "not_refreshed": ["the experts' sequence encoders (frozen)"],
-         "why": "stand-in teacher: a full round is cheap"})
+    figs = plots(model_results, tables, arms, cdr_runs, u, Path(a.out).parent / "figures")
     out = {"info": info, "teacher": ilora, "standin": standin, "rdr": rinfo, "arms": arms, "models": models,
            "seeds": seeds, "results": results, "tables": tables, "baseline_checks": checks,
            "configs": configs, "cdr": {m: {str(k): v for k, v in r.items()} for m, r in cdr_runs.items()},
-           "cdr_rounds": a.cdr_rounds, "what_cdr": what_cdr, "figs": figs,
-           "total_min": (time.time() - t_all) / 60,
+           "cdr_rounds": a.cdr_rounds, "what_cdr": WHAT_CDR["ilora" if a.teacher == "ilora" else "standin"],
+           "figs": figs, "total_min": (time.time() - t_all) / 60,
            "host": f"{platform.machine()}, {torch.get_num_threads()} torch thread(s), torch {torch.__version__}",
            "cmd": argv_text, "results_path": str(a.results)}
     rp = Path(a.results)
