@@ -54,10 +54,10 @@ class ExpSquareSum(torch.autograd.Function):
         return (o * ps).mul_(e).mul_(coef), None, None  # e stays intact (backward may run twice)
 
 
-def _dro_at(o: torch.Tensor, idx: torch.Tensor, ps: torch.Tensor, beta: float) -> torch.Tensor:
-    """``[B, J]`` DRO terms of the columns ``idx`` ``[B, J]`` (log-sum-exp form, DLLM2REC-DRO-OVERFLOW)."""
+def _dro_at(o: torch.Tensor, o_j: torch.Tensor, ps_j: torch.Tensor, ps: torch.Tensor, beta: float) -> torch.Tensor:
+    """``[B, J]`` DRO terms of columns whose scores are ``o_j`` ``[B, J]`` and propensities ``ps_j`` ``[B, J]``
+    (log-sum-exp form, DLLM2REC-DRO-OVERFLOW). o: ``[B, I]``; ps: ``[I]``."""
     s, m_a = ExpSquareSum.apply(o, ps, beta)
-    o_j, ps_j = o.gather(1, idx), ps[idx]
     a_j, b_j = o_j * o_j * ps_j, (o_j - 1) * (o_j - 1) * ps_j
     if beta != 1.0:
         a_j, b_j = a_j / beta, b_j / beta
@@ -101,27 +101,34 @@ def loss(out: torch.Tensor, target: torch.Tensor, neg: torch.Tensor | None, obj:
     lam != 0); ps ``[I]`` (alpha != 0, any float dtype: cast to the scores'); candidates / confidence
     ``[B, >= K]`` (lam != 0)."""
     B = out.size(0)
+    K = obj.candidate_topk
     t = target.view(B, 1)
-    o_t = out.gather(1, t)
-    o_n = out.gather(1, neg.view(B, 1)) if neg is not None else None
+    cand = candidates[:, :K] if obj.lam != 0 else None
+    # one gather for every column the loss reads (target, negative, candidates): its backward is one scatter
+    # into a [B, I] buffer instead of one per term
+    cols = torch.cat([t] + ([neg.view(B, 1)] if neg is not None else []) + ([cand] if cand is not None else []), 1)
+    o_cols = out.gather(1, cols)
+    o_t = o_cols[:, :1]
+    o_n = o_cols[:, 1:2] if neg is not None else None
+    o_c = o_cols[:, 1 + (neg is not None):] if cand is not None else None
     if obj.objective == "bce":
         main = bce_at(o_t, o_n)
     else:
         main = F.cross_entropy(out, target)
     parts = {"main": main}
     total = main
-    K = obj.candidate_topk
-    cand = candidates[:, :K] if obj.lam != 0 else None
     dro = None
     if obj.alpha != 0:
+        ps = ps.to(out.dtype)
+        o_j = o_t if cand is None else torch.cat([o_t, o_c], 1)
         idx = t if cand is None else torch.cat([t, cand], 1)
-        dro = _dro_at(out, idx, ps.to(out.dtype), obj.beta)  # [B, 1 (+ K)]
+        dro = _dro_at(out, o_j, ps[idx], ps, obj.beta)  # [B, 1 (+ K)]
         parts["dro"] = dro[:, 0].mean()
         total = total + obj.alpha * parts["dro"]
     if obj.lam != 0:
         w = rd_weights(out, cand, confidence[:, :K], obj.gamma_position, obj.gamma_confidence,
                        obj.gamma_consistency, obj.rank_temperature).weight.to(out.dtype)
-        per = -(F.logsigmoid(out.gather(1, cand)) + F.logsigmoid(-o_n))  # [B, K]
+        per = -(F.logsigmoid(o_c) + F.logsigmoid(-o_n))  # [B, K]
         if dro is not None:
             per = per + obj.alpha * dro[:, 1:]
         parts["rd"] = (w * per).sum() / B
