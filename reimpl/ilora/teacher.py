@@ -262,6 +262,46 @@ class ILoRATeacher(nn.Module):
 
         if layout not in ("packed", "repeat"):
             raise ValueError(f"score_candidates: layout must be 'packed' or 'repeat', got {layout!r}")
+        t = self._answer_tokens(flat, prompts, c)
+        ids_p, mask_p, plen, ans_ids, ans_lab, a_valid = (t[k] for k in ("ids_p", "mask_p", "plen", "ans_ids",
+                                                                         "ans_lab", "a_valid"))
+        # 1. prompts once
+        rep = {k: _tensor(batch[k], k) for k in ("seq", "cans", "len_seq", "len_cans", "item_id")}
+        embeds, user = self.wrap_emb({"input_ids": ids_p, "attention_mask": mask_p, **rep})
+        gate = self.gate(user)
+        out = self.llama_model(inputs_embeds=embeds, attention_mask=mask_p, use_cache=True, return_dict=True,
+                               gate_weights=gate, logits_to_keep=(plen - 1)[:, None])
+        ftype = torch.promote_types(out.logits.dtype, torch.float32)
+        lp_last = torch.log_softmax(out.logits[:, 0].to(ftype), dim=-1)                      # [B, V]
+        first = lp_last.repeat_interleave(c, 0).gather(1, ans_ids[:, :1]).squeeze(1)       # [N]
+        scores = torch.where(ans_lab[:, 0] != IGNORE_INDEX, first, torch.zeros_like(first))
+        layers = [(k, v) for k, v, *_ in out.past_key_values]
+        del out
+
+        # 2. the C answers of each row against its cached prompt
+        rest = torch.zeros(b * c, dtype=ftype)
+        for i in range(b):
+            p = int(plen[i])
+            rows = slice(i * c, (i + 1) * c)
+            row_cache = DynamicCache(ddp_cache_data=[(k[i:i + 1, :, :p], v[i:i + 1, :, :p]) for k, v in layers])
+            if layout == "repeat":
+                row_cache.batch_repeat_interleave(c)
+                att = torch.cat((torch.ones(c, p, dtype=mask_p.dtype), a_valid[rows].to(mask_p.dtype)), 1)
+                o = self.llama_model(inputs_embeds=self.llama_model.get_input_embeddings()(ans_ids[rows]),
+                                     attention_mask=att, position_ids=t["a_pos"][rows], past_key_values=row_cache,
+                                     use_cache=True, return_dict=True,
+                                     gate_weights=gate[i:i + 1].repeat_interleave(c, 0))
+                rest[rows] = sequence_logprob(o.logits, ans_lab[rows])
+            else:
+                self._packed_answers(rest[rows], p, ans_ids[rows], ans_lab[rows], a_valid[rows], t["alen"][rows],
+                                     row_cache, gate[i:i + 1], ftype)
+        return (scores.to(ftype) + rest).reshape(b, c)
+
+    def _answer_tokens(self, flat: dict, prompts: Sequence[str], c: int) -> dict:
+        """The prompts tokenized alone (``ids_p``/``mask_p`` ``[B, Lp]``, true lengths ``plen`` ``[B]``) and each
+        pair's answer segment after its prompt: ``ans_ids``/``ans_lab`` ``[N, A]`` (pad / IGNORE_INDEX beyond
+        ``alen`` ``[N]``; ``a_valid`` marks the real tokens), ``a_pos`` ``[N, A]`` their positions in the pair.
+        Raises the ValueErrors of :meth:`_score_candidates_cached` (tokenizations that cannot be split)."""
         ids_pair, mask_pair = flat["input_ids"], flat["attention_mask"]
         labels_pair = self.labels(flat)                                                   # [N, Lpair]
         ptok = self.tokenizer(list(prompts), return_tensors="pt", padding="longest", truncation=False,
@@ -273,7 +313,6 @@ class ILoRATeacher(nn.Module):
                              f"(tokenizer.padding_side={getattr(self.tokenizer, 'padding_side', None)!r})")
         if int(plen.min()) < 1:
             raise ValueError("score_candidates(cached=True): a prompt tokenizes to no token")
-        n = b * c
         plen_n = plen.repeat_interleave(c)                                                  # [N]
         alen = mask_pair.sum(1) - plen_n                                                    # [N]
         in_prompt = torch.arange(ids_pair.shape[1])[None, :] < plen_n[:, None]             # [N, Lpair]
@@ -296,53 +335,31 @@ class ILoRATeacher(nn.Module):
         if bool(torch.isin(ans_ids[a_valid], ph).any()):
             raise ValueError("score_candidates(cached=True): an answer holds an item placeholder token; "
                              "use cached=False")
+        return {"ids_p": ids_p, "mask_p": mask_p, "plen": plen, "alen": alen, "a_pos": a_pos, "a_valid": a_valid,
+                "ans_ids": ans_ids, "ans_lab": ans_lab}
 
-        # 1. prompts once
-        rep = {k: _tensor(batch[k], k) for k in ("seq", "cans", "len_seq", "len_cans", "item_id")}
-        embeds, user = self.wrap_emb({"input_ids": ids_p, "attention_mask": mask_p, **rep})
-        gate = self.gate(user)
-        out = self.llama_model(inputs_embeds=embeds, attention_mask=mask_p, use_cache=True, return_dict=True,
-                               gate_weights=gate, logits_to_keep=(plen - 1)[:, None])
-        ftype = torch.promote_types(out.logits.dtype, torch.float32)
-        lp_last = torch.log_softmax(out.logits[:, 0].to(ftype), dim=-1)                      # [B, V]
-        first = lp_last.repeat_interleave(c, 0).gather(1, ans_ids[:, :1]).squeeze(1)       # [N]
-        scores = torch.where(ans_lab[:, 0] != IGNORE_INDEX, first, torch.zeros_like(first))
-        layers = [(k, v) for k, v, *_ in out.past_key_values]
-        del out
-
-        # 2. the C answers of each row against its cached prompt
-        embed = self.llama_model.get_input_embeddings()
-        rest = torch.zeros(n, dtype=ftype)
-        for i in range(b):
-            p = int(plen[i])
-            rows = slice(i * c, (i + 1) * c)
-            row_cache = DynamicCache(ddp_cache_data=[(k[i:i + 1, :, :p], v[i:i + 1, :, :p]) for k, v in layers])
-            if layout == "repeat":
-                row_cache.batch_repeat_interleave(c)
-                att = torch.cat((torch.ones(c, p, dtype=mask_p.dtype), a_valid[rows].to(mask_p.dtype)), 1)
-                o = self.llama_model(inputs_embeds=embed(ans_ids[rows]), attention_mask=att,
-                                     position_ids=a_pos[rows], past_key_values=row_cache, use_cache=True,
-                                     return_dict=True, gate_weights=gate[i:i + 1].repeat_interleave(c, 0))
-                rest[rows] = sequence_logprob(o.logits, ans_lab[rows])
-                continue
-            ln = alen[rows]                                                                 # [C]
-            ids = ans_ids[rows][a_valid[rows]]                                              # [T] (candidate-major)
-            lab = ans_lab[rows][a_valid[rows]]
-            seg = torch.repeat_interleave(torch.arange(c), ln)                              # [T] candidate of each
-            off = torch.arange(ids.shape[0]) - torch.repeat_interleave(ln.cumsum(0) - ln, ln)  # offset in it
-            q = torch.nonzero((off[1:] > 0) & (lab[1:] != IGNORE_INDEX)).flatten()          # predicts q + 1
-            if q.numel() == 0:   # every answer is one token: the prompt pass scored them all
-                continue
-            x = embed(ids)[None]
-            blocked = (seg[:, None] != seg[None, :]) | (off[None, :] > off[:, None])        # [T, T]
-            mask = torch.zeros(1, 1, ids.shape[0], p + ids.shape[0], dtype=x.dtype)
-            mask[0, 0, :, p:].masked_fill_(blocked, torch.finfo(x.dtype).min)
-            o = self.llama_model(inputs_embeds=x, attention_mask=mask, position_ids=(p + off)[None],
-                                 past_key_values=row_cache, use_cache=True, return_dict=True,
-                                 gate_weights=gate[i:i + 1], logits_to_keep=q)
-            lp = torch.log_softmax(o.logits[0].to(ftype), dim=-1).gather(1, ids[q + 1, None]).squeeze(1)
-            rest[rows] = torch.zeros(c, dtype=ftype).index_add_(0, seg[q + 1], lp)
-        return (scores.to(ftype) + rest).reshape(b, c)
+    def _packed_answers(self, out: torch.Tensor, p: int, ans_ids: torch.Tensor, ans_lab: torch.Tensor,
+                        a_valid: torch.Tensor, ln: torch.Tensor, row_cache, gate: torch.Tensor, ftype) -> None:
+        """``layout="packed"`` for one row: its C answers (``ans_*`` ``[C, A]``, lengths ``ln`` ``[C]``) as one
+        sequence after the row's ``p`` cached prompt positions; adds each answer's log-probability of its
+        tokens after the first (the prompt pass scored those) into ``out`` ``[C]`` in place."""
+        c = ln.shape[0]
+        ids = ans_ids[a_valid]                                                              # [T] (candidate-major)
+        lab = ans_lab[a_valid]
+        seg = torch.repeat_interleave(torch.arange(c), ln)                                  # [T] candidate of each
+        off = torch.arange(ids.shape[0]) - torch.repeat_interleave(ln.cumsum(0) - ln, ln)  # offset in it
+        q = torch.nonzero((off[1:] > 0) & (lab[1:] != IGNORE_INDEX)).flatten()              # predicts q + 1
+        if q.numel() == 0:   # every answer is one token: the prompt pass scored them all
+            return
+        x = self.llama_model.get_input_embeddings()(ids)[None]
+        blocked = (seg[:, None] != seg[None, :]) | (off[None, :] > off[:, None])            # [T, T]
+        mask = torch.zeros(1, 1, ids.shape[0], p + ids.shape[0], dtype=x.dtype)
+        mask[0, 0, :, p:].masked_fill_(blocked, torch.finfo(x.dtype).min)
+        o = self.llama_model(inputs_embeds=x, attention_mask=mask, position_ids=(p + off)[None],
+                             past_key_values=row_cache, use_cache=True, return_dict=True,
+                             gate_weights=gate, logits_to_keep=q)
+        lp = torch.log_softmax(o.logits[0].to(ftype), dim=-1).gather(1, ids[q + 1, None]).squeeze(1)
+        out.copy_(torch.zeros(c, dtype=ftype).index_add_(0, seg[q + 1], lp))
 
     @torch.no_grad()
     def item_embeddings(self, titles: Sequence[str] | None = None, item_ids: torch.Tensor | None = None,
