@@ -15,8 +15,8 @@ import numpy as np
 
 from reimpl.baselines import stats
 from reimpl.baselines.config import Plan
-from reimpl.paths import ROOT
 from reimpl.baselines.runner import load_results
+from reimpl.paths import ROOT
 
 SIDE_LABEL = {"reference": "reference (main.py)", "faithful": "reimpl faithful", "fixed": "reimpl fixed"}
 SEL_LABEL = {"test": "TEST NDCG@20 (reference rule)", "val": "VAL NDCG@20 (fixed rule)"}
@@ -61,7 +61,7 @@ def _curves(results: list[dict], ds: str, models: list[str], path: Path) -> None
                     continue
                 n = min(len(r["history"]) for r in runs)
 
-                def val(h):
+                def val(h, split=split, metric=metric):
                     if split == "loss":
                         return h["loss"]
                     return h[split][metric][-1] if metric == "ndcg" else h[split][metric]
@@ -208,7 +208,7 @@ def kd_effect(plan: Plan, rows: dict) -> list[dict]:
                     ps = [stats.welch(a.arr("test", m), b.arr("test", m)) for m in KD_METRICS]
                     adj = stats.holm(ps)
                     cells, sig = [], []
-                    for m, p, q in zip(KD_METRICS, ps, adj):
+                    for m, q in zip(KD_METRICS, adj):
                         dlt = a.mean("test", m) - b.mean("test", m)
                         cells.append(f"{b.mean('test', m):.4f} → {a.mean('test', m):.4f} ({dlt:+.4f}; "
                                      + ("p n/a" if math.isnan(q) else f"p_adj {q:.2f}") + ")")
@@ -225,82 +225,86 @@ def kd_effect(plan: Plan, rows: dict) -> list[dict]:
     return out
 
 
-def build_context(plan: Plan, root: Path, fig_dir: Path | None = None, fig_rel: str = "figures") -> dict:
-    root = Path(root)
-    results = load_results(root)
-    manifests = json.loads((root / "manifests.json").read_text()) if (root / "manifests.json").is_file() else {}
-    versions = json.loads((root / "versions.json").read_text()) if (root / "versions.json").is_file() else {}
-    status = json.loads((root / "status.json").read_text()) if (root / "status.json").is_file() else {}
-    runs = plan.runs()
-    expected = defaultdict(int)
-    for r in runs:
-        expected[(r.dataset.key, r.model, r.side)] += 1
-    rows = stats.aggregate(results, dict(expected))
-    by = defaultdict(dict)
-    for r in results:
-        if r.get("status") == "finished":
-            by[(r["dataset"], r["model"], r["side"])][r["seed"]] = r
-    done_ids = {r["run_id"] for r in results if r.get("status") == "finished"}
-    datasets = []
-    for ds in plan.datasets:
-        man = manifests.get(ds.key, {})
-        entry = {"key": ds.key, "label": ds.label, "spec": ds, "manifest": man, "trainable": man.get("trainable", True)}
-        if ds.source == "dllm2rec-game":
-            entry["trainable"] = False
-            n_items = man.get("facts", {}).get("item_num")
-            entry["chance"] = chance_levels(n_items) if n_items else None
-            datasets.append(entry)
-            continue
-        models = list(ds.models or plan.models)
-        n_items = man.get("facts", {}).get("item_num")
-        entry["chance"] = chance_levels(n_items) if n_items else None
-        table = []
-        for model in models:
-            for sel in ("test", "val"):
-                for side in plan.sides:
-                    row = rows.get((ds.key, model, side, sel))
-                    if row is None:
-                        continue
-                    agree = None
-                    if side != "reference":
-                        ref = rows.get((ds.key, model, "reference", sel))
-                        if ref is not None:
-                            ident = stats.history_identity(by[(ds.key, model, "reference")],
-                                                           by[(ds.key, model, side)])
-                            agree = stats.agreement(ref, row, ident)
-                    table.append({"model": model, "side": side, "side_label": SIDE_LABEL[side], "sel": sel,
-                                  "row": row, "agree": agree,
-                                  "cells": {split: [fmt(row, split, m) for m in stats.METRICS]
-                                            for split in ("val", "test")}})
-        selection_effect = []
-        for model in models:
+def _read_json(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _comparison_table(plan: Plan, key: str, models: list[str], rows: dict, by: dict) -> list[dict]:
+    """One line per (student, selection rule, side): formatted cells and agreement with the reference."""
+    table = []
+    for model in models:
+        for sel in ("test", "val"):
             for side in plan.sides:
-                rt, rv = rows.get((ds.key, model, side, "test")), rows.get((ds.key, model, side, "val"))
-                if not rt or not rt.seeds:
+                row = rows.get((key, model, side, sel))
+                if row is None:
                     continue
-                out = {"model": model, "side": side, "n": len(rt.seeds),
-                       "differ": sum(str(a).rstrip("*") != str(b).rstrip("*") for a, b in zip(rt.epochs, rv.epochs))}
-                for metric in ("NDCG@20", "HR@20", "MRR"):
-                    d = rt.arr("test", metric) - rv.arr("test", metric)  # paired per seed
-                    out[metric] = (f"{d.mean():+.4f}" + (f" ± {d.std(ddof=1):.4f}" if len(d) > 1 else ""))
-                selection_effect.append(out)
-        cost = []
-        for model in models:
-            for side in plan.sides:
-                rs = list(by[(ds.key, model, side)].values())
-                if rs:
-                    per_epoch = [h["train_s"] for r in rs for h in r["history"]]
-                    cost.append({"model": model, "side": side, "n": len(rs),
-                                 "epoch_s": float(np.mean(per_epoch)), "epoch_s_sd": float(np.std(per_epoch)),
-                                 "wall_s": float(np.mean([r["wall_s"] for r in rs]))})
-        entry.update(models=models, table=table, cost=cost, figures=[], selection_effect=selection_effect)
-        if fig_dir is not None and any(r["dataset"] == ds.key for r in results):
-            fig_dir.mkdir(parents=True, exist_ok=True)
-            tag = ds.key if plan.name in ("full", "quick") else f"{plan.name}_{ds.key}"   # plans share data keys
-            _curves(results, ds.key, models, fig_dir / f"baselines_curves_{tag}.png")
-            _bars(rows, ds.key, models, fig_dir / f"baselines_bars_{tag}.png", entry["chance"])
-            entry["figures"] = [f"{fig_rel}/baselines_curves_{tag}.png", f"{fig_rel}/baselines_bars_{tag}.png"]
-        datasets.append(entry)
+                agree = None
+                if side != "reference":
+                    ref = rows.get((key, model, "reference", sel))
+                    if ref is not None:
+                        ident = stats.history_identity(by[(key, model, "reference")], by[(key, model, side)])
+                        agree = stats.agreement(ref, row, ident)
+                table.append({"model": model, "side": side, "side_label": SIDE_LABEL[side], "sel": sel,
+                              "row": row, "agree": agree,
+                              "cells": {split: [fmt(row, split, m) for m in stats.METRICS]
+                                        for split in ("val", "test")}})
+    return table
+
+
+def _selection_effect(plan: Plan, key: str, models: list[str], rows: dict) -> list[dict]:
+    """TEST-selected minus VAL-selected TEST metrics, paired per seed, and how many seeds pick another epoch."""
+    out = []
+    for model in models:
+        for side in plan.sides:
+            rt, rv = rows.get((key, model, side, "test")), rows.get((key, model, side, "val"))
+            if not rt or not rt.seeds:
+                continue
+            e = {"model": model, "side": side, "n": len(rt.seeds),
+                 "differ": sum(str(a).rstrip("*") != str(b).rstrip("*") for a, b in zip(rt.epochs, rv.epochs))}
+            for metric in ("NDCG@20", "HR@20", "MRR"):
+                d = rt.arr("test", metric) - rv.arr("test", metric)  # paired per seed
+                e[metric] = (f"{d.mean():+.4f}" + (f" ± {d.std(ddof=1):.4f}" if len(d) > 1 else ""))
+            out.append(e)
+    return out
+
+
+def _cost(plan: Plan, key: str, models: list[str], by: dict) -> list[dict]:
+    out = []
+    for model in models:
+        for side in plan.sides:
+            rs = list(by[(key, model, side)].values())
+            if rs:
+                per_epoch = [h["train_s"] for r in rs for h in r["history"]]
+                out.append({"model": model, "side": side, "n": len(rs),
+                            "epoch_s": float(np.mean(per_epoch)), "epoch_s_sd": float(np.std(per_epoch)),
+                            "wall_s": float(np.mean([r["wall_s"] for r in rs]))})
+    return out
+
+
+def _dataset_entry(plan: Plan, ds, man: dict, rows: dict, by: dict, results: list[dict], fig_dir: Path | None,
+                   fig_rel: str) -> dict:
+    """Everything the report shows for one data set (tables, selection effect, cost, figures)."""
+    n_items = man.get("facts", {}).get("item_num")
+    entry = {"key": ds.key, "label": ds.label, "spec": ds, "manifest": man, "trainable": man.get("trainable", True),
+             "chance": chance_levels(n_items) if n_items else None}
+    if ds.source == "dllm2rec-game":
+        entry["trainable"] = False
+        return entry
+    models = list(ds.models or plan.models)
+    entry.update(models=models, table=_comparison_table(plan, ds.key, models, rows, by),
+                 cost=_cost(plan, ds.key, models, by), figures=[],
+                 selection_effect=_selection_effect(plan, ds.key, models, rows))
+    if fig_dir is not None and any(r["dataset"] == ds.key for r in results):
+        fig_dir.mkdir(parents=True, exist_ok=True)
+        tag = ds.key if plan.name in ("full", "quick") else f"{plan.name}_{ds.key}"   # plans share data keys
+        _curves(results, ds.key, models, fig_dir / f"baselines_curves_{tag}.png")
+        _bars(rows, ds.key, models, fig_dir / f"baselines_bars_{tag}.png", entry["chance"])
+        entry["figures"] = [f"{fig_rel}/baselines_curves_{tag}.png", f"{fig_rel}/baselines_bars_{tag}.png"]
+    return entry
+
+
+def _summary(datasets: list[dict]) -> list[dict]:
+    """Per data set: verdict counts and which (student, side) pairs are identical / metric-identical / drift."""
     summary = []
     for entry in datasets:
         if not entry.get("table"):
@@ -322,27 +326,53 @@ def build_context(plan: Plan, root: Path, fig_dir: Path | None = None, fig_rel: 
         summary.append({"key": entry["key"], "verdicts": dict(ver), "identical": sorted(ident),
                         "metrics_identical": sorted(metrics_ident), "drift": sorted(drift),
                         "compared": sorted(ident_total)})
-    run_rows = []
+    return summary
+
+
+def _run_rows(runs: list, results: list[dict], root: Path) -> list[dict]:
+    """One line per planned run: its result (if any), mean epoch time and state finished / failed / pending."""
+    done_ids = {r["run_id"] for r in results if r.get("status") == "finished"}
     res_by_id = {r["run_id"]: r for r in results}
+    out = []
     for spec in runs:
         r = res_by_id.get(spec.run_id)
-        run_rows.append({"id": spec.run_id, "spec": spec, "r": r,
-                         "epoch_s": (float(np.mean([h["train_s"] for h in r["history"]]))
-                                     if r and r.get("history") else None),
-                         "state": "finished" if spec.run_id in done_ids else
-                                  ("failed" if (root / "runs" / spec.run_id / "failed.json").is_file() else "pending")})
-    n_done = sum(1 for x in run_rows if x["state"] == "finished")
+        out.append({"id": spec.run_id, "spec": spec, "r": r,
+                    "epoch_s": (float(np.mean([h["train_s"] for h in r["history"]]))
+                                if r and r.get("history") else None),
+                    "state": "finished" if spec.run_id in done_ids else
+                             ("failed" if (root / "runs" / spec.run_id / "failed.json").is_file() else "pending")})
+    return out
+
+
+def build_context(plan: Plan, root: Path, fig_dir: Path | None = None, fig_rel: str = "figures") -> dict:
+    """What ``templates/baselines.md.j2`` renders for ``plan`` from the results cache ``root``."""
+    root = Path(root)
+    results = load_results(root)
+    manifests = _read_json(root / "manifests.json")
+    runs = plan.runs()
+    expected = defaultdict(int)
+    for r in runs:
+        expected[(r.dataset.key, r.model, r.side)] += 1
+    rows = stats.aggregate(results, dict(expected))
+    by = defaultdict(dict)
+    for r in results:
+        if r.get("status") == "finished":
+            by[(r["dataset"], r["model"], r["side"])][r["seed"]] = r
+    datasets = [_dataset_entry(plan, ds, manifests.get(ds.key, {}), rows, by, results, fig_dir, fig_rel)
+                for ds in plan.datasets]
+    run_rows = _run_rows(runs, results, root)
     fin = [x["r"] for x in run_rows if x["state"] == "finished"]
-    total_wall = float(sum(r["wall_s"] for r in fin)) if fin else math.nan
     code_versions = defaultdict(int)
     for r in fin:
         c = r.get("code")
         code_versions[f"{c['git_head'][:10]} / code {c['code_sha256'][:12]}" if c else "not recorded"] += 1
-    return {"plan": plan, "root": root, "datasets": datasets, "summary": summary, "total_wall": total_wall,
+    return {"plan": plan, "root": root, "datasets": datasets, "summary": _summary(datasets),
+            "total_wall": float(sum(r["wall_s"] for r in fin)) if fin else math.nan,
             "teachers": teacher_context(plan, root, fig_dir, fig_rel), "kd_effect": kd_effect(plan, rows),
             "kd_metrics": KD_METRICS,
-            "code_versions": dict(code_versions), "runs": run_rows, "n_done": n_done,
-            "n_total": len(runs), "versions": versions, "status": status, "metrics": stats.METRICS,
+            "code_versions": dict(code_versions), "runs": run_rows, "n_done": len(fin),
+            "n_total": len(runs), "versions": _read_json(root / "versions.json"),
+            "status": _read_json(root / "status.json"), "metrics": stats.METRICS,
             "sel_label": SEL_LABEL, "side_label": SIDE_LABEL, "alpha": stats.ALPHA,
             "print_check": max([r.get("printed_vs_ranks_max_abs", 0.0) for r in results
                                 if r.get("side") == "reference"] or [math.nan]),
