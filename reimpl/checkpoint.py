@@ -10,7 +10,8 @@ Not in either reference (DLLM2Rec saves nothing; iLoRA relies on Lightning's ``t
 
 Writing goes to ``.<name>.tmp-<pid>`` in the same folder, is fsynced, then ``os.replace``d over ``path`` and the
 folder fsynced: a kill at any moment leaves either the previous complete checkpoint or the new one, never a mix
-(a stale temp file is ignored and replaced by the next save). No pickle is involved, so loading runs no code.
+(a stale temp file is never read, and removed by the next complete save). No pickle is involved, so loading
+runs no code.
 
 Resume safety: the trainers store :func:`run_identity` (config, a digest of every array read from the data and
 teacher files, the code version, the thread count) and :func:`check_resume` refuses a checkpoint whose identity
@@ -123,6 +124,8 @@ def write_bytes_atomic(path: str | Path, blob: bytes) -> Path:
         tmp.unlink(missing_ok=True)
         raise
     _fsync_dir(path.parent)
+    for stale in path.parent.glob(f".{path.name}.tmp-*"):   # left by a writer killed mid-write
+        stale.unlink(missing_ok=True)
     return path
 
 

@@ -37,7 +37,7 @@ from torch import nn
 
 from reimpl import checkpoint as ckpt
 from reimpl.cliconf import build, check_writable
-from reimpl.data import DataError, load_dllm2rec
+from reimpl.data import load_dllm2rec
 from reimpl.data import teacher as teacher_files
 from reimpl.data.dllm2rec import STATIS
 from reimpl.dllm2rec import losses
@@ -331,7 +331,7 @@ def main(argv: list[str] | None = None) -> int:
                          candidate_topk=cfg.candidate_topk, d_llm=cfg.d_llm)
         metrics = train(cfg, data, checkpoint=a.checkpoint, resume=a.resume, log=log,
                         progress=not a.no_progress)
-    except (DataError, ckpt.CheckpointError) as e:   # bad input: the message names file and field
+    except ValueError as e:   # DataError, CheckpointError, an option the data cannot satisfy: names file/flag
         ap.exit(2, f"{ap.prog}: error: {e}\n")
     text = json.dumps(metrics, indent=1, default=float)
     if a.out:
