@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -342,3 +344,35 @@ def test_teacher_resume_checks_config(shared_dir, refs, tmp_path, capsys):
     assert rc == 2 and str(ck) in err and "root['config']['train']['seed'] changed from 1234 to 7" in err, err
     assert "root['config']['train']['optim']['lr']" in err
     assert teacher_main(base + ["--resume", str(ck)]) == 0   # same run: resumes (nothing left to train)
+
+
+# ------------------------------------------------------------------------------------------- checkpoint format
+def test_checkpoint_round_trip_is_exact(tmp_path):
+    import random
+
+    from reimpl import checkpoint as C
+
+    model = torch.nn.Linear(3, 2)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    model(torch.randn(4, 3)).sum().backward()
+    opt.step()
+    rs = np.random.RandomState(3)
+    rs.rand(5)
+    state = {"model": model.state_dict(), "opt": opt.state_dict(), "np": rs.get_state(),
+             "py": random.Random(1).getstate(),
+             "torch": torch.get_rng_state(), "hist": [{"loss": 0.1 + 0.2, "ranks": np.arange(4, dtype=np.int32)}],
+             "k": {1: (2.5, None, "x")}}
+    C.save(tmp_path / "c.ckpt", state, kind="toy")
+    back = C.load(tmp_path / "c.ckpt", kind="toy")
+    assert back["hist"][0]["loss"] == 0.1 + 0.2 and back["k"] == {1: (2.5, None, "x")}
+    assert back["hist"][0]["ranks"].dtype == np.int32 and back["py"] == random.Random(1).getstate()
+    r2 = np.random.RandomState()
+    r2.set_state(back["np"])
+    assert r2.rand() == rs.rand()
+    assert all(torch.equal(back["model"][k], v) for k, v in model.state_dict().items())
+    opt2 = torch.optim.Adam(torch.nn.Linear(3, 2).parameters(), lr=1e-3)
+    opt2.load_state_dict(back["opt"])   # optimizer state (int keys, tensors, tuples) loads back
+    with pytest.raises(C.CheckpointError, match="a 'toy' checkpoint, expected 'other'"):
+        C.load(tmp_path / "c.ckpt", kind="other")
+    with pytest.raises(C.CheckpointError, match=re.escape(str(tmp_path / "none.ckpt"))):
+        C.load(tmp_path / "none.ckpt", kind="toy")

@@ -565,7 +565,7 @@ def main(argv: list[str] | None = None) -> int:
                                    "teacher": asdict(from_namespace(TeacherConfig, a))}}
         if tcfg.max_epochs > 0 and not run_train(teacher, o, tcfg, inputs, report, timings):
             return 0
-    except (DataError, ckpt_io.CheckpointError) as e:   # bad input: the message names file and field
+    except ValueError as e:   # DataError, CheckpointError, an option the data cannot satisfy: names file/flag
         print(f"python -m reimpl.ilora.train: error: {e}", file=sys.stderr)
         return 2
     if "eval" in inputs:
