@@ -92,9 +92,9 @@ def _ref_child(model: str, variant: str, work: str) -> None:
     import contextlib
     import io
 
-    from parity.shims import dllm2rec_main as shim
-
     import pandas as pd
+
+    from parity.shims import dllm2rec_main as shim
 
     stamps = []
     wrap = shim._wrap_calculate_hit

@@ -14,5 +14,6 @@ def test_render(tmp_path):
     out = tmp_path / "b.md"
     render(rows, out, "a note")
     text = out.read_text()
-    assert "| SASRec | default (lam 0.8, ed_weight 0.2, alpha 1) | 90.0 / 80.0 | 9.00 / 4.00 | 10.0x / 20.0x | 20x: met" in text
+    assert ("| SASRec | default (lam 0.8, ed_weight 0.2, alpha 1) | 90.0 / 80.0 | 9.00 / 4.00 | 10.0x / 20.0x "
+            "| 20x: met") in text
     assert "| GRU | none |" in text and "10x: met" in text and text.rstrip().endswith("a note")

@@ -165,7 +165,7 @@ def lastfm_sequences(frames_dir: str | Path) -> tuple[list[np.ndarray], list[str
                        "user's sequence, in order, from an empty history)", h.tolist(), row=i)
         cur.append(int(tr.next[i]))
     seqs = [np.asarray(s, dtype=np.int64) for s in seqs]
-    for split, fname in (("val", "Val_data.df"), ("test", "Test_data.df")):
+    for split in ("val", "test"):
         s = ds[split]
         for i in range(s.n):
             h = s.seqs[i][s.seqs[i] != pad]

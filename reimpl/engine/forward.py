@@ -17,9 +17,10 @@
   matrix products they are (``F.linear`` with the ``[H, H, 1]`` weight viewed ``[H, H]``; ~8x faster here).
   Dropout draws a mask for the elements that are used only: the same law per element, fewer draws.
 * Caser (:func:`caser_repr`): each horizontal ``Conv2d(1, F, (h, H))`` is ``sum_r x[t + r] . W[r]``, computed as
-  one product of ``x`` with every filter row at once followed by shifted sums, and the vertical ``Conv2d(1, 1, (L, 1))`` a weighted sum over
-  positions; the same sums as main.py:124-137 without the convolution kernels (whose CPU backward dominates
-  the step). Dropout is the model's, on the same ``[B, F * n + H]`` tensor (same draws).
+  one product of ``x`` with every filter row at once followed by shifted sums, and the vertical
+  ``Conv2d(1, 1, (L, 1))`` a weighted sum over positions; the same sums as main.py:124-137 without the
+  convolution kernels (whose CPU backward dominates the step). Dropout is the model's, on the same
+  ``[B, F * n + H]`` tensor (same draws).
 * Scores at a few columns (:func:`scores_at`): every student ends in ``s_fc(r)`` with ``r`` ``[B, D]`` its
   sequence representation, and ``s_fc(r)[b, j] = r_b . W_j + c_j``. When a loss reads only ``[B, J]``
   columns (the BCE with one negative and no DRO / distillation) the ``[B, I]`` head is not computed.

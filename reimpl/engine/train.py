@@ -21,7 +21,6 @@ the model, optimizer, every RNG state and the history; a killed run resumes from
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import time
 from dataclasses import asdict, dataclass, field
