@@ -132,7 +132,7 @@ def test_pad_position_id_convention(ref_teacher):
 
 def test_test_loader_drops_last_rows(ref_teacher):
     """data_interface.py:152-160: the test loader has drop_last=True; reimpl's eval_batches scores every row."""
-    from reimpl.ilora.train import DataConfig, LastFMData, eval_batches
+    from reimpl.ilora.data import DataConfig, LastFMData, eval_batches
     from reimpl.paths import SHARED
 
     _, model, dm = ref_teacher
@@ -212,7 +212,7 @@ def test_reimpl_checkpoint_drops_frozen_projector(refs, shared_dir, tmp_path):
 def test_curriculum_last_batch_of_epoch(ref_teacher):
     """Probability that an epoch's checkpoint lacks the projector = P(its last batch is a [PH] batch)
     = 1 - cur_step/max_step of the worker that collates it (data_interface.py:38-40, 135; 8 workers)."""
-    from reimpl.ilora.train import curriculum_prob
+    from reimpl.ilora.data import curriculum_prob
 
     _, _, dm = ref_teacher
     per_epoch = len(dm.trainset) // dm.batch_size
