@@ -1,0 +1,183 @@
+"""What every inner-product teacher shares: LastFM rows, the held-out rows, candidate draws, metrics, the SASRec bar.
+
+Rows are rows of iLoRA's LastFM ``train_data.df`` / ``Val_data.df`` / ``Test_data.df`` read through
+:func:`reimpl.data.load_ilora` (every rule of docs/data.md checked there); train row ``i`` is DLLM2Rec's train row
+``i`` (``reimpl.data.convert`` keeps the order), so an export for the whole split lists rows ``0 .. N-1``.
+
+Held-out rows (``heldout``): the last ``heldout_rows`` train rows (default 2,000) are kept out of every teacher's
+training and evaluated beside val/test (122 rows each), so metrics rest on ~2,244 rows instead of 244. The SASRec
+checkpoint (``rec_model/lastfm.pt``) was trained by the iLoRA authors on the whole train split, held-out rows
+included: on those rows its numbers are optimistic; on val/test they are clean.
+
+Candidates (``candidates``): the target + ``n - 1`` items drawn uniformly from the items outside the row's history
+and != target, shuffled, by ``numpy.random.default_rng([seed, split, row])``: the same for every teacher, and a row's
+draw does not depend on which other rows are evaluated.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from reimpl.data import DataError, load_ilora
+
+LASTFM_ITEMS = 4606          # lastfm_data.py:19 padding_item_id
+SPLIT_CODE = {"train": 0, "val": 1, "test": 2}
+
+
+@dataclass
+class Rows:
+    """One split's rows: ``seqs [N, L]`` (right-padded with ``item_num``), ``next [N]``, ``index [N]`` (row in the
+    split's frame), ``split`` name."""
+
+    split: str
+    seqs: np.ndarray
+    next: np.ndarray
+    index: np.ndarray
+    item_num: int
+
+    def __len__(self) -> int:
+        return len(self.next)
+
+    def take(self, sel) -> "Rows":
+        return Rows(self.split, self.seqs[sel], self.next[sel], self.index[sel], self.item_num)
+
+    def history(self, i: int) -> list[int]:
+        s = self.seqs[i]
+        return [int(x) for x in s[s != self.item_num]]
+
+
+@dataclass
+class LastFM:
+    train: Rows
+    val: Rows
+    test: Rows
+    titles: dict[int, str]
+    item_num: int
+    data_dir: str
+
+
+def load_lastfm(data_dir: str | Path, item_num: int = LASTFM_ITEMS) -> LastFM:
+    """The three splits + titles; refuses a title file that lacks item ids (names them)."""
+    ds = load_ilora(Path(data_dir), item_num=item_num, mode="fixed")
+    titles = ds.titles or {}
+    missing = sorted(set(range(item_num)) - set(titles))
+    if missing:
+        raise DataError(f"{Path(data_dir) / 'id2name.txt'}: no title for item ids {missing[:20]}"
+                        f"{' ...' if len(missing) > 20 else ''} ({len(missing)} of {item_num} missing); every item "
+                        "needs a text")
+    out = {}
+    for name in ("train", "val", "test"):
+        s = ds[name]
+        out[name] = Rows(name, np.asarray(s.seqs), np.asarray(s.next), np.arange(s.n), item_num)
+    return LastFM(out["train"], out["val"], out["test"], titles, item_num, str(data_dir))
+
+
+def split_train(train: Rows, heldout_rows: int) -> tuple[Rows, Rows]:
+    """(teacher-training rows, held-out rows = the last ``heldout_rows`` train rows)."""
+    if not 0 < heldout_rows < len(train):
+        raise ValueError(f"--heldout_rows: expected 0 < n < {len(train)}, got {heldout_rows}")
+    n = len(train) - heldout_rows
+    return train.take(slice(0, n)), train.take(slice(n, None))
+
+
+def candidates(rows: Rows, n: int, seed: int) -> np.ndarray:
+    """``[N, n]`` item ids: target + ``n - 1`` unseen negatives, shuffled (see module docstring)."""
+    out = np.empty((len(rows), n), np.int64)
+    code = SPLIT_CODE[rows.split]
+    for r in range(len(rows)):
+        rng = np.random.default_rng([seed, code, int(rows.index[r])])
+        banned = set(rows.history(r)) | {int(rows.next[r])}
+        neg: list[int] = []
+        while len(neg) < n - 1:   # rejection: the banned set is <= 11 of 4,606 items
+            c = int(rng.integers(rows.item_num))
+            if c not in banned:
+                banned.add(c)
+                neg.append(c)
+        row = np.array(neg + [int(rows.next[r])])
+        rng.shuffle(row)
+        out[r] = row
+    return out
+
+
+def history_text(titles: dict[int, str], hist: Sequence[int]) -> str:
+    """The user text the LLM reads (an instruction ending where the next item would follow)."""
+    if not hist:
+        return "This user has not listened to any artist yet. The next artist this user will listen to is"
+    return ("This user has listened to " + ", ".join(titles[i] for i in hist)
+            + ". The next artist this user will listen to is")
+
+
+# ------------------------------------------------------------------------------------------------- metrics
+def ranks_of_target(scores: torch.Tensor | np.ndarray, target_col: np.ndarray) -> np.ndarray:
+    """0-based rank of the target column in each row of ``scores [N, C]`` (higher = better); ties count against
+    the target (a constant scorer gets the worst rank, never a lucky one)."""
+    s = torch.as_tensor(scores, dtype=torch.float64)
+    t = s[torch.arange(s.shape[0]), torch.as_tensor(target_col)]
+    if not torch.isfinite(s).all():
+        raise FloatingPointError("ranks_of_target: non-finite scores")
+    return ((s > t[:, None]).sum(1) + (s == t[:, None]).sum(1) - 1).numpy()
+
+
+def rank_metrics(rank: np.ndarray, ks: Sequence[int] = (1, 5, 10)) -> dict:
+    """HR@k and NDCG@k from 0-based target ranks ``[N]``."""
+    rank = np.asarray(rank)
+    out = {"rows": int(len(rank))}
+    for k in ks:
+        hit = rank < k
+        out[f"HR@{k}"] = float(hit.mean())
+        out[f"NDCG@{k}"] = float(np.where(hit, 1.0 / np.log2(rank + 2.0), 0.0).mean())
+    return out
+
+
+def top10_test(rank_cands: np.ndarray, n_cands: int) -> dict:
+    """Target in the top 10 of ``n_cands`` candidates vs chance 10/n (exact binomial test, one-sided greater)."""
+    from scipy.stats import binomtest
+
+    hits = int((np.asarray(rank_cands) < 10).sum())
+    n = int(len(rank_cands))
+    p0 = 10 / n_cands
+    res = binomtest(hits, n, p0, alternative="greater")
+    ci = res.proportion_ci(0.95)
+    return {"hits": hits, "rows": n, "rate": hits / n if n else 0.0, "chance": p0, "p_value": float(res.pvalue),
+            "ci95": [float(ci.low), float(ci.high)]}
+
+
+def evaluate_scores(full_scores: torch.Tensor | None, cand_scores: torch.Tensor, cands: np.ndarray,
+                    targets: np.ndarray, histories: Sequence[Sequence[int]] | None = None) -> dict:
+    """Metrics over the candidates (``cand_scores [N, C]`` for ``cands [N, C]``) and, when ``full_scores [N, I]``
+    is given, over all items (history items masked out, the usual sequential-recommendation protocol)."""
+    tcol = np.argmax(cands == targets[:, None], axis=1)
+    if not (cands[np.arange(len(cands)), tcol] == targets).all():
+        raise ValueError("evaluate_scores: a candidate row lacks its target")
+    rc = ranks_of_target(cand_scores, tcol)
+    out = {"candidates": {**rank_metrics(rc), "n_candidates": int(cands.shape[1])},
+           "top10_of_candidates": top10_test(rc, cands.shape[1])}
+    if full_scores is not None:
+        s = torch.as_tensor(full_scores, dtype=torch.float64).clone()
+        if histories is not None:
+            for r, h in enumerate(histories):
+                h = [i for i in h if i != int(targets[r])]
+                if h:
+                    s[r, h] = -torch.inf
+        t = s[torch.arange(s.shape[0]), torch.as_tensor(targets)]
+        rf = ((s > t[:, None]).sum(1) + (s == t[:, None]).sum(1) - 1).numpy()
+        out["all_items"] = {**rank_metrics(rf, (1, 5, 10, 20)), "n_items": int(s.shape[1])}
+    return out
+
+
+# --------------------------------------------------------------------------------------------- SASRec bar
+def sasrec_scores(sasrec, rows: Rows, batch: int = 1024) -> torch.Tensor:
+    """``[N, item_num]`` scores of the frozen SASRec checkpoint (``forward``: ``s_fc`` of the last valid state)."""
+    outs = []
+    lens = np.maximum(1, (rows.seqs != rows.item_num).sum(1))
+    with torch.no_grad():
+        for s in range(0, len(rows), batch):
+            st = torch.as_tensor(rows.seqs[s:s + batch], dtype=torch.long)
+            ln = torch.as_tensor(lens[s:s + batch], dtype=torch.long)
+            outs.append(sasrec.s_fc(sasrec.user_state(st, ln)))
+    return torch.cat(outs)
