@@ -159,11 +159,11 @@ def run_teacher(spec: TeacherSpec, rows: Sequence[int], out: Path, data_name: st
 def _train_phase(spec: TeacherSpec, teacher, prompts, dcfg, out: Path, progress: bool) -> dict:
     """Phase 1: train ``spec.chunk`` micro-batches at a time, logging to ``train.json`` and checkpointing
     after each chunk (resumable); a finished run only loads its checkpoint. Returns the ``train.json`` record."""
-    import torch
     from tqdm.auto import tqdm
 
+    from reimpl import checkpoint as ckpt_io
     from reimpl.ilora.optim import OptimConfig
-    from reimpl.ilora.train import LastFMData, TrainConfig, load_checkpoint, train
+    from reimpl.ilora.train import CKPT_KIND, LastFMData, TrainConfig, load_checkpoint, train
 
     tr_path, ckpt_dir = out / "train.json", out / "ckpt"
     tr = json.loads(tr_path.read_text()) if tr_path.is_file() else None
@@ -182,7 +182,7 @@ def _train_phase(spec: TeacherSpec, teacher, prompts, dcfg, out: Path, progress:
         load_checkpoint(ckpt, teacher)
         return tr
     if ckpt.is_file() and tr["losses"]:
-        ck = torch.load(ckpt, map_location="cpu", weights_only=False)
+        ck = ckpt_io.load(ckpt, kind=CKPT_KIND)
         at = ck["epoch"] * per_epoch + ck["batch_in_epoch"]
         if at != len(tr["losses"]):
             raise ValueError(f"{ckpt} is at micro-batch {at} but {tr_path} logged {len(tr['losses'])}; "
