@@ -111,7 +111,8 @@ class ConvergedPlan:
         return ConvergedRun(*cell, seed=seed, overrides=overrides, epochs=self.epochs, patience=self.patience)
 
     def tuning_runs(self) -> list[ConvergedRun]:
-        return [self.run(c, self.seeds[0], g) for c in self.cells() for g in self.grid]
+        """Grid point major (every cell's default first): a partial job covers every cell before tuning one."""
+        return [self.run(c, self.seeds[0], g) for g in self.grid for c in self.cells()]
 
     def chosen(self, records: dict[str, dict]) -> dict[tuple, tuple | None]:
         """Per cell the grid point with the best VAL NDCG@20 (None while a tuning run is missing)."""
