@@ -7,9 +7,8 @@
   appended zero row (``fc(0) = bias``, what the zero lookup gives). ``fc(x)`` of a row does not depend on the
   other rows, so the values are the same up to the BLAS's summation order, and autograd sums the gradient of
   ``fc``'s weight over each distinct row's positions (the same sum, regrouped).
-* GRU4Rec: fixed mode runs ``pack_padded_sequence`` and keeps the last layer's final state (main.py:70-74,
-  DLLM2REC-GRU-LAYERS). The GRU is causal, so its output at position ``len - 1`` of the unpacked run is
-  that final state; the engine runs the padded batch and gathers it (no sort/pack/unpack).
+* GRU4Rec: the model's own forward (packed GRU; measured faster here than running the padded batch and
+  gathering position ``len - 1``, because packing skips the padded steps).
 * SASRec (:func:`sasrec_repr`): only the representation at position ``len - 1`` is read (main.py:190-193),
   and after the attention everything is position-wise, so the query, the feed-forward block and the last
   layer norm are computed at that position only (``[B, H]`` instead of ``[B, L, H]``); keys and values use
@@ -35,7 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from reimpl.dllm2rec.injection import LOOKUP_DTYPE, ProjectedLLMEmb, inject
-from reimpl.models import GRU, Caser, SASRec
+from reimpl.models import Caser, SASRec
 from reimpl.models.sasrec import MASK_VALUE
 
 
@@ -92,11 +91,6 @@ def scores(model: nn.Module, seq: torch.Tensor, len_seq: torch.Tensor,
         return model.s_fc(sasrec_repr(model, seq, len_seq, llm))
     if isinstance(model, Caser):
         return model.s_fc(caser_repr(model, seq, llm))
-    if isinstance(model, GRU):
-        emb = inject(model.item_embeddings(seq), llm, model.fc_4096_64, model.ed_weight)
-        out, _ = model.gru(emb)  # [B, L, H], last layer
-        last = len_seq.clamp(min=1) - 1  # main.py:70-71: an empty history runs as length 1
-        return model.s_fc(out[torch.arange(seq.size(0), device=seq.device), last])
     return model(seq, len_seq, llm)
 
 
