@@ -23,12 +23,12 @@ from __future__ import annotations
 import contextlib
 import io
 from functools import lru_cache
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from reimpl.paths import SHARED
+
 GAME_TEST = SHARED / "data" / "dllm2rec" / "game" / "test_data.csv"
 
 TRAIN = dict(item_num=4606, n=50_800, seq_size=10, batch=256, K=10, d_llm=4096, seed=7)

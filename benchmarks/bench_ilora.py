@@ -12,7 +12,6 @@ the reference (its peak RSS is then its own).
 from __future__ import annotations
 
 import zlib
-from pathlib import Path
 
 import numpy as np
 import torch

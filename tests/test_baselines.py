@@ -18,7 +18,6 @@ from reimpl.baselines.config import FULL, QUICK, DatasetSpec, Plan, RunSpec
 from reimpl.baselines.runner import normalize_reference, parse_reference_stdout, student_argv
 from reimpl.metrics import rank_metrics
 
-
 # --- reference stdout (format of main.py:497-517, synthetic values) --------------------------------
 
 def _fake_stdout(epochs: list[tuple[float, float, list[float], list[float]]]) -> str:

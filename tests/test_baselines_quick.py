@@ -12,9 +12,9 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
-from pathlib import Path
 
 from reimpl.paths import ROOT
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from reimpl.extensions.metrics import evaluate_student
 from reimpl.metrics import expected_calibration_error, ranking_metrics, reliability_bins, top1_confidence

@@ -8,10 +8,20 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from reimpl.extensions.rdr import (CACHE_FILE, RDRHead, build_prompt, build_vector_store, generate_rationales,
-                                   load_vector_store, rdr_loss, read_cache, GenParams)
+from reimpl.extensions.rdr import (
+    CACHE_FILE,
+    GenParams,
+    RDRHead,
+    build_prompt,
+    build_vector_store,
+    generate_rationales,
+    load_vector_store,
+    rdr_loss,
+    read_cache,
+)
 
 
 class FakeEncoder:

@@ -6,10 +6,16 @@ import math
 
 import pytest
 import torch
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from reimpl.extensions.selection import (SelectionConfig, kl_teacher_student, selection_factor, teacher_gt_error,
-                                         top_fraction_mask)
+from reimpl.extensions.selection import (
+    SelectionConfig,
+    kl_teacher_student,
+    selection_factor,
+    teacher_gt_error,
+    top_fraction_mask,
+)
 
 
 def _batch(b, i, k, seed=0, scale=1.0):

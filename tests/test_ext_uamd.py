@@ -8,10 +8,16 @@ import random
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from reimpl.extensions.uamd import (UAMDConfig, expert_disagreement, read_uncertainty, uncertainty_weight,
-                                    write_uncertainty)
+from reimpl.extensions.uamd import (
+    UAMDConfig,
+    expert_disagreement,
+    read_uncertainty,
+    uncertainty_weight,
+    write_uncertainty,
+)
 
 
 def test_disagreement_fixed_case():
@@ -110,9 +116,9 @@ def tiny_teacher(shared_dir, refs):
 
 
 def test_expert_scores_and_export_match_teacher_export(tiny_teacher, tmp_path):
+    from reimpl.extensions.uamd import expert_candidate_scores, export_teacher_with_uncertainty, forced_gate
     from reimpl.ilora.export import read_tocf
     from reimpl.ilora.train import collate, export_teacher
-    from reimpl.extensions.uamd import expert_candidate_scores, export_teacher_with_uncertainty, forced_gate
 
     t, data, prompts = tiny_teacher
     t.eval()

@@ -6,11 +6,20 @@ import math
 
 import pytest
 import torch
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 
-from reimpl.ilora.optim import (OptimConfig, WarmupCosineSchedule, build_optimizer, cosine_lr, describe_groups,
-                                max_steps, param_groups, warmup_lr)
+from reimpl.ilora.optim import (
+    OptimConfig,
+    WarmupCosineSchedule,
+    build_optimizer,
+    cosine_lr,
+    describe_groups,
+    max_steps,
+    param_groups,
+    warmup_lr,
+)
 
 
 def _parts():

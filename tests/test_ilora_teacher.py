@@ -10,11 +10,20 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from reimpl.ilora.loss import IGNORE_INDEX, causal_lm_loss, lm_targets, sequence_logprob
-from reimpl.ilora.train import (DataConfig, LastFMData, TrainConfig, collate, curriculum_prob, eval_batches,
-                                export_teacher, train)
+from reimpl.ilora.train import (
+    DataConfig,
+    LastFMData,
+    TrainConfig,
+    collate,
+    curriculum_prob,
+    eval_batches,
+    export_teacher,
+    train,
+)
 
 
 def _teacher(mode="faithful", dropout=0.1):

@@ -34,8 +34,9 @@ def needs_refs(refs, shared_dir):
 
 def test_float64_strict_accumulated_curve_matches(needs_refs):
     """3 optimizer steps of 2 accumulated micro-batches (warmup-less cosine), everything float64."""
-    import reimpl.ilora.teacher as teacher_mod
     from transformers.models.llama import modeling_llama
+
+    import reimpl.ilora.teacher as teacher_mod
 
     norm, loss = modeling_llama.LlamaRMSNorm.forward, teacher_mod.causal_lm_loss
     r = _run(dtype="float64-strict", steps=3, accumulate=2)

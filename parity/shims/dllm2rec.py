@@ -8,22 +8,22 @@
   ``main.py`` (selected with ``ast`` by line range inside the per-batch ``for`` loop, checked against a
   structural fingerprint of the pinned commit; nothing is copied into this repository):
 
-  ======================  ==============  ===================================================  ==========================
-  callable                main.py lines   explicit inputs                                      returns (locals)
-  ======================  ==============  ===================================================  ==========================
-  ``neg_sampling``        382-392         args, item_num, device, seq, target                  zeros_tensor, neg_tensor,
-                                                                                               batch_neg, target_neg
-  ``llm_emb_lookup``      395-401         device, seq, llm_all_emb                             llm_emb
-  ``bce``                 407-417         args, device, model_output, target, target_neg,      loss, scores, labels,
-                                          bce_loss                                             target, target_neg
-  ``dro``                 420-431         args, model_output, target, ps, loss                 loss_dro, loss_all
-  ``ranking_distill``     433-486         args, device, model_output, target_neg, ps, sample,  weight_rank, weight_com,
-                                          all_candidate, llm_confidence, loss_all              weight_confidence, weight,
-                                                                                               loss_all_rd, loss_all
-  ``train_step``          360-492         args, item_num, device, model, model_name,           loss_all, sample, seq,
-                                          optimizer, bce_loss, train_data, ps, all_candidate,  target_neg, model_output,
-                                          llm_confidence, llm_all_emb                          weight, loss_all_rd ...
-  ======================  ==============  ===================================================  ==========================
+  ======================  =============  ===================================================  ==========================
+  callable                main.py lines  explicit inputs                                      returns (locals)
+  ======================  =============  ===================================================  ==========================
+  ``neg_sampling``        382-392        args, item_num, device, seq, target                  zeros_tensor, neg_tensor,
+                                                                                              batch_neg, target_neg
+  ``llm_emb_lookup``      395-401        device, seq, llm_all_emb                             llm_emb
+  ``bce``                 407-417        args, device, model_output, target, target_neg,      loss, scores, labels,
+                                         bce_loss                                             target, target_neg
+  ``dro``                 420-431        args, model_output, target, ps, loss                 loss_dro, loss_all
+  ``ranking_distill``     433-486        args, device, model_output, target_neg, ps, sample,  weight_rank, weight_com,
+                                         all_candidate, llm_confidence, loss_all              weight_confidence, weight,
+                                                                                              loss_all_rd, loss_all
+  ``train_step``          360-492        args, item_num, device, model, model_name,           loss_all, sample, seq,
+                                         optimizer, bce_loss, train_data, ps, all_candidate,  target_neg, model_output,
+                                         llm_confidence, llm_all_emb                          weight, loss_all_rd ...
+  ======================  =============  ===================================================  ==========================
 
   Every input is an explicit keyword argument (the reference reads them as module globals of the
   ``__main__`` block: ``args``, ``item_num``, ``device``, ``model``, ...). ``train_step`` is the whole

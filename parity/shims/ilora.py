@@ -72,7 +72,7 @@ from collections import namedtuple
 from pathlib import Path
 from typing import Any
 
-from parity.materialize import REF_DIR, RefError, load_lock, verify
+from parity.materialize import load_lock, verify
 from reimpl.paths import SHARED, cache_dir
 
 REF_NAME = "iLoRA"
@@ -363,13 +363,13 @@ def load() -> types.SimpleNamespace:
             return _NS
         root = _ref_root()
         # heavy third-party imports first, outside the alias window, so none of them sees the alias
-        import torch  # noqa: F401
-        import transformers  # noqa: F401
-        import pytorch_lightning  # noqa: F401
         import accelerate  # noqa: F401
         import huggingface_hub  # noqa: F401
-        import transformers.pytorch_utils  # noqa: F401
+        import pytorch_lightning  # noqa: F401
+        import torch  # noqa: F401
+        import transformers  # noqa: F401
         import transformers.modeling_outputs  # noqa: F401
+        import transformers.pytorch_utils  # noqa: F401
 
         _make_package(root)
         mods: dict[str, types.ModuleType] = {}

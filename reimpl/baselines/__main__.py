@@ -1,8 +1,9 @@
 """CLI: ``python -m reimpl.baselines {run,report} --plan quick|full [--root DIR] [--only REGEX]``.
 
 ``--epochs N`` / ``--seeds 1,2,3`` override the plan (the epoch cap is part of every run id, so a new
-cap starts new runs next to the cached ones; render with the same overrides). ``run`` prepares the data, runs every unfinished run of the plan (results cached under ``--root``,
-default ``runs/baselines/<plan>``), then renders the report; ``report`` only renders from whatever
+cap starts new runs next to the cached ones; render with the same overrides). ``run`` prepares the data, runs
+every unfinished run of the plan (results cached under ``--root``, default ``runs/baselines/<plan>``), then renders
+the report; ``report`` only renders from whatever
 has finished (pending rows are marked). The quick plan's report goes to ``<root>/baselines.md``; the
 full plan's to ``reports/baselines.md`` + ``reports/figures/baselines_*.png`` (``--report-dir``
 overrides).

@@ -11,8 +11,9 @@ DLLM2Rec layout (what ``main.py:295-299, 319`` reads relative to its working dir
 
 A slice (``train_rows``/``eval_rows``) takes a seeded random subset of rows (``default_rng(slice_seed)``,
 kept in file order; train rows only among those with ``>= min_history`` history items) and re-indexes it
-0..N-1; ``train_rows.txt`` lists the original index of each train row (the order a teacher export follows). Every prepared directory gets a ``manifest.json`` with the
-sha256 of its source files and of the files written (the "data version" the report quotes).
+0..N-1; ``train_rows.txt`` lists the original index of each train row (the order a teacher export follows).
+Every prepared directory gets a ``manifest.json`` with the sha256 of its source files and of the files written
+(the "data version" the report quotes).
 """
 
 from __future__ import annotations
@@ -25,7 +26,6 @@ from pathlib import Path
 import numpy as np
 
 from reimpl.baselines.config import DatasetSpec
-
 from reimpl.paths import SHARED
 
 

@@ -35,6 +35,7 @@ from reimpl.baselines.config import Plan, RunSpec
 from reimpl.baselines.data import prepare
 from reimpl.metrics import rank_metrics
 from reimpl.paths import ROOT
+
 PRINT_TOL = 5.1e-7  # main.py:256 prints with {:.6f}
 
 

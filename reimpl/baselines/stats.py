@@ -134,9 +134,9 @@ def aggregate(results: list[dict], expected: dict | None = None, patience: int =
 
 def welch(a: np.ndarray, b: np.ndarray) -> float:
     """Two-sided Welch p-value; zero-variance groups: 1.0 if the means are equal, else NaN (undefined)."""
-    from scipy import stats
-
     import warnings
+
+    from scipy import stats
 
     a, b = np.asarray(a, float), np.asarray(b, float)
     if len(a) < 2 or len(b) < 2 or np.isnan(a).any() or np.isnan(b).any():

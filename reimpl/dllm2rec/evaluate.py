@@ -35,8 +35,7 @@ import torch
 from torch import nn
 
 from reimpl.deviations import check_mode
-from reimpl.dllm2rec.injection import (lookup_llm_emb, lookup_projected, project_table,
-                                         projection_matches)
+from reimpl.dllm2rec.injection import lookup_llm_emb, lookup_projected, project_table, projection_matches
 from reimpl.metrics import NO_RANK, TOPK, rank_metrics
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from reimpl.dllm2rec.config import DLLM2RecConfig
 from reimpl.dllm2rec.train import DLLM2RecData, TrainHooks
 from reimpl.extensions.metrics import evaluate_student
 from reimpl.extensions.rdr import RDRConfig, RDRHead, load_vector_store

@@ -141,7 +141,8 @@ def inject_item_embeds(input_embeds: torch.Tensor, input_ids: torch.Tensor, ids:
         raise ValueError(f"inject_item_embeds: input_embeds must be [B, T, D] and input_ids [B, T], got "
                          f"{tuple(input_embeds.shape)} and {tuple(input_ids.shape)}")
     b, _, d = input_embeds.shape
-    for name, e, nd in (("his_embeds", his_embeds, 3), ("cans_embeds", cans_embeds, 3), ("item_embeds", item_embeds, 2)):
+    for name, e, nd in (("his_embeds", his_embeds, 3), ("cans_embeds", cans_embeds, 3),
+                        ("item_embeds", item_embeds, 2)):
         if e.dim() != nd or e.shape[0] != b or e.shape[-1] != d:
             want = f"[B={b}, N, D={d}]" if nd == 3 else f"[B={b}, D={d}]"
             raise ValueError(f"inject_item_embeds: {name} must be {want}, got {tuple(e.shape)}")

@@ -30,6 +30,7 @@ from pathlib import Path
 
 from reimpl.paths import SHARED
 from reimpl.paths import cache_dir as _cache_root
+
 ILORA_SPECIAL_TOKENS = ("[PH]", "[HistoryEmb]", "[CansEmb]", "[ItemEmb]")  # model_interface.py:317
 ILORA_PAD_TOKEN = "[PAD]"  # model_interface.py:315
 
