@@ -13,8 +13,8 @@ this runs K optimizer steps on each side, each with its own optimizer and LR sch
   and steps/zeroes the optimizer every A micro-batches (as Lightning 1.8.6, requirements.txt, did).
 * reimpl: ``reimpl.ilora.teacher.build_teacher`` + ``reimpl.ilora.train.train`` (its own
   ``reimpl.ilora.optim`` groups and schedule, its own accumulation loop). ``train`` normally draws and
-  collates its batches itself; here its ``collate`` is swapped (for the call only) for a feeder that
-  returns the reference's batches, so both sides see the same tensors.
+  collates its batches itself; here its ``batch_source`` is a feeder that returns the reference's batches,
+  so both sides see the same tensors.
 
 Identical starting point: after both are built, every tensor of the reference module (LoRA A/B, dead
 gating layers, router incl. BatchNorm buffers, projector, resized embedding rows, base weights,
@@ -486,8 +486,7 @@ def run_reference(m, batches: list[dict], cfg: CurveConfig) -> dict:
 
 
 class _SliceRows:
-    """Stands in for ``LastFMData`` in ``train``: only its length (the slice) matters there, the
-    batches come from the feeder."""
+    """Stands in for ``LastFMData`` in ``train``: with a ``batch_source`` only its length (the slice) matters."""
 
     def __init__(self, n: int):
         self.n = n
@@ -495,12 +494,9 @@ class _SliceRows:
     def __len__(self) -> int:
         return self.n
 
-    def sample(self, i, rng, mode=None):
-        return {"row": int(i)}
-
 
 def run_reimpl(teacher, batches: list[dict], cfg: CurveConfig, ref_snaps: list[dict] | None = None) -> dict:
-    """``reimpl.ilora.train.train`` on exactly ``batches``: its collate is replaced for the call."""
+    """``reimpl.ilora.train.train`` on exactly ``batches``, given to it as its ``batch_source``."""
     import torch
 
     from reimpl.ilora import train as T
@@ -510,12 +506,12 @@ def run_reimpl(teacher, batches: list[dict], cfg: CurveConfig, ref_snaps: list[d
     fed = [_reimpl_batch(b) for b in batches]
     calls = {"n": 0}
 
-    def feeder(samples, tokenizer, prompts, rng, train, emb_prob=1.0, terminator="\n"):
+    def feeder(rows, rng, emb_prob):
         i = calls["n"]
         if i >= len(fed):
             raise RuntimeError(f"teacher_curve feeder: train() asked for micro-batch {i} of {len(fed)}")
-        if len(samples) != cfg.batch:
-            raise RuntimeError(f"teacher_curve feeder: train() built a batch of {len(samples)} rows, "
+        if len(rows) != cfg.batch:
+            raise RuntimeError(f"teacher_curve feeder: train() built a batch of {len(rows)} rows, "
                                f"expected {cfg.batch}")
         calls["n"] += 1
         torch.manual_seed(cfg.dropout_seed + i)
@@ -525,15 +521,10 @@ def run_reimpl(teacher, batches: list[dict], cfg: CurveConfig, ref_snaps: list[d
                          seed=cfg.data_seed, ref_num_workers=cfg.num_workers,
                          optim=OptimConfig(mode=cfg.mode), mode=cfg.mode)
     snaps: list[dict] = []
-    orig = T.collate
-    T.collate = feeder
     t0 = time.perf_counter()
-    try:
-        with _silenced(), _step_snapshots(_trainable(teacher, reference_key), snaps):
-            r = T.train(teacher, _SliceRows(cfg.rows), ["(batches come from the reference collater)"], tcfg,
-                        progress=False, stop_after_batches=cfg.micro_batches)
-    finally:
-        T.collate = orig
+    with _silenced(), _step_snapshots(_trainable(teacher, reference_key), snaps):
+        r = T.train(teacher, _SliceRows(cfg.rows), ["(batches come from the reference collater)"], tcfg,
+                    progress=False, stop_after_batches=cfg.micro_batches, batch_source=feeder)
     seconds = time.perf_counter() - t0
     if calls["n"] != cfg.micro_batches:
         raise RuntimeError(f"teacher_curve: train() consumed {calls['n']} of {cfg.micro_batches} batches")
