@@ -134,13 +134,15 @@ def rank_metrics(rank: np.ndarray, ks: Sequence[int] = (1, 5, 10)) -> dict:
     return out
 
 
-def top10_test(rank_cands: np.ndarray, n_cands: int) -> dict:
-    """Target in the top 10 of ``n_cands`` candidates vs chance 10/n (exact binomial test, one-sided greater)."""
+def top10_test(rank_cands: np.ndarray, n_cands: int, k: int = 10) -> dict:
+    """Target in the top ``k`` (10) of ``n_cands`` candidates vs chance ``k/n`` (exact binomial test, one-sided
+    greater; ``k`` capped at ``n_cands``)."""
     from scipy.stats import binomtest
 
-    hits = int((np.asarray(rank_cands) < 10).sum())
+    k = min(k, n_cands)
+    hits = int((np.asarray(rank_cands) < k).sum())
     n = int(len(rank_cands))
-    p0 = 10 / n_cands
+    p0 = k / n_cands
     res = binomtest(hits, n, p0, alternative="greater")
     ci = res.proportion_ci(0.95)
     return {"hits": hits, "rows": n, "rate": hits / n if n else 0.0, "chance": p0, "p_value": float(res.pvalue),

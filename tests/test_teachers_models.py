@@ -1,0 +1,105 @@
+"""Dense-retrieval and E4SRec teachers on the tiny random Llama / random vectors (fast)."""
+
+import numpy as np
+import pytest
+import torch
+
+from reimpl.teachers import common, dense, e4srec
+
+I = 40
+
+
+def _rows(n=64, seed=0):
+    g = np.random.default_rng(seed)
+    seqs = np.full((n, 10), I)
+    for r in range(n):
+        k = int(g.integers(0, 11))
+        seqs[r, :k] = g.choice(I, k, replace=False)
+    nxt = np.array([(int(s[0]) + 1) % I if s[0] != I else 0 for s in seqs])   # learnable: next = first + 1
+    return common.Rows("train", seqs, nxt, np.arange(n), I)
+
+
+def test_candidates_hold_target_and_avoid_history():
+    rows = _rows()
+    c = common.candidates(rows, 20, seed=3)
+    assert c.shape == (64, 20) and (c == rows.next[:, None]).sum(1).tolist() == [1] * 64
+    for r in range(64):
+        assert not set(rows.history(r)) & (set(c[r].tolist()) - {int(rows.next[r])})
+    assert np.array_equal(c, common.candidates(rows, 20, seed=3))
+    assert np.array_equal(c[5:9], common.candidates(rows.take(slice(5, 9)), 20, seed=3))
+
+
+def test_metrics_and_ties_count_against_target():
+    cands = np.array([[3, 4, 5], [6, 7, 8]])
+    s = torch.tensor([[1.0, 1.0, 1.0], [0.0, 2.0, 1.0]])
+    out = common.evaluate_scores(None, s, cands, np.array([3, 7]))
+    assert out["candidates"]["HR@1"] == 0.5          # row 0: 3-way tie -> rank 2, row 1: rank 0
+    assert out["top10_of_candidates"]["hits"] == 2 and out["top10_of_candidates"]["chance"] == 1.0
+
+
+@pytest.mark.parametrize("user_encoder", ["items", "llm"])
+def test_dense_learns(user_encoder):
+    torch.manual_seed(0)
+    rows = _rows(256)
+    x = torch.randn(I, 16)
+    cfg = dense.DenseConfig(dim=16, heads=2, epochs=10, batch_size=32, user_encoder=user_encoder, lr=3e-3,
+                            negatives="all", tau=0.1)
+    m = dense.DenseRetriever(cfg, x)
+    hist = dense.hist_tensor(rows.seqs, I)
+    # the "llm" user text: here the first item's vector stands in for the encoded history
+    ux = x[hist[:, 0].clamp_min(0)] if user_encoder == "llm" else None
+    info = dense.train_dense(m, hist if user_encoder == "items" else None, ux, torch.as_tensor(rows.next))
+    assert info["loss_curve_per50"][-1] < info["loss_curve_per50"][0]
+    sc = dense.score_all(m, hist if user_encoder == "items" else None, ux)
+    assert sc.shape == (256, I)
+    acc = (sc.argmax(1).numpy() == rows.next).mean()
+    assert acc > 0.15, acc   # chance 1/40
+
+
+def test_info_nce_masks_duplicate_targets():
+    u = torch.nn.functional.normalize(torch.randn(4, 8), dim=-1)
+    v = torch.nn.functional.normalize(torch.randn(10, 8), dim=-1)
+    t = torch.tensor([1, 1, 2, 3])
+    loss = dense.info_nce(u, v, t, 0.1, "inbatch")
+    assert torch.isfinite(loss)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    from reimpl.ilora.sasrec import SASRec, SASRecConfig
+    from reimpl.llm.tiny import load_tiny_tokenizer, tiny_llama
+
+    tok = load_tiny_tokenizer()
+    llm = tiny_llama(seed=0, vocab_size=len(tok))
+    torch.manual_seed(0)
+    sas = SASRec(SASRecConfig(hidden_size=16, item_num=I, mode="fixed")).eval().requires_grad_(False)
+    return llm, tok, sas
+
+
+@pytest.mark.parametrize("num_moe, gate", [(1, "uniform"), (2, "ilora")])
+def test_e4srec_prompt_scores_and_training(tiny, num_moe, gate):
+    llm, tok, sas = tiny
+    import copy
+
+    cfg = e4srec.E4SRecConfig(num_moe=num_moe, gate=gate, lora_r=4, batch_size=8, epochs=3, lora_layers=1,
+                              bf16=False, lr=1e-2, item_lr=1e-2)
+    m = e4srec.E4SRec(cfg, copy.deepcopy(llm), tok, sas)
+    rows = _rows(32)
+    hist = torch.where(torch.as_tensor(rows.seqs) == I, -1, torch.as_tensor(rows.seqs))
+    x, mask, read = m.prompt(hist[:4])
+    k = (hist[:4] >= 0).sum(1)
+    p, s = len(m.prefix_ids), len(m.suffix_ids)
+    assert mask.sum(1).tolist() == (p + k + s).tolist() and read.tolist() == (p + k + s - 1).tolist()
+    emb = m.lm.get_input_embeddings()
+    r = int(torch.argmax(k))
+    assert torch.allclose(x[r, p + k[r]: p + k[r] + s], emb(m.suffix_ids))
+    assert torch.allclose(x[r, p], m.in_proj(m.items[hist[r, 0]]))
+    # padding never changes a row's scores: the same row alone and in a batch
+    sc = e4srec.score_all(m, rows.seqs[:4], I)
+    alone = e4srec.score_all(m, rows.seqs[r:r + 1], I)
+    assert torch.allclose(sc[r], alone[0], atol=1e-5)
+    info = e4srec.train_e4srec(m, rows.seqs, rows.next, I)
+    assert info["loss_curve"][-1] < info["loss_curve"][0]
+    names = {n.split(".")[0] for n, _ in m.trainable()}
+    assert names >= {"items", "in_proj", "out_proj", "lm"} and ("router" in names) == (gate == "ilora")
+    assert all("lora_" in n for n, _ in m.trainable() if n.startswith("lm."))
