@@ -522,16 +522,17 @@ def stats(results: list[dict], arms: list[str], seeds: list[int]) -> dict:
 
 
 # --------------------------------------------------------------------------------------------- plots
-def plots(model_results: dict, tables: dict, arms: list[str], cdr_runs: dict, u: np.ndarray, figdir: Path) -> list[str]:
-    import matplotlib
-    matplotlib.use("Agg")
+def _save(fig, path: Path) -> str:
     import matplotlib.pyplot as plt
 
-    from reimpl.metrics import reliability_bins
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path.name
 
-    figdir.mkdir(parents=True, exist_ok=True)
-    out = []
-    models = list(model_results)
+
+def _plot_metrics(plt, tables: dict, models: list[str], arms: list[str], path: Path) -> str:
+    """Test NDCG@10 / MRR / ECE per arm (mean ± std over seeds), one row of panels per student."""
     fig, axes = plt.subplots(len(models), 3, figsize=(13, 3.6 * len(models)), squeeze=False)
     for i, mdl in enumerate(models):
         present = [a for a in arms if a in tables[mdl]]
@@ -542,13 +543,11 @@ def plots(model_results: dict, tables: dict, arms: list[str], cdr_runs: dict, u:
                    color=["#999999" if a in ("plain", "dllm2rec") else "#4C72B0" for a in present])
             ax.set_xticks(range(len(present)), present, rotation=45, ha="right", fontsize=8)
             ax.set_title(f"{mdl}: test {m} (mean ± std over seeds)", fontsize=9)
-    fig.tight_layout()
-    p = figdir / "ext_metrics.png"
-    fig.savefig(p, dpi=110)
-    plt.close(fig)
-    out.append(p.name)
-    mdl = models[0]
-    res = model_results[mdl]
+    return _save(fig, path)
+
+
+def _plot_curves(plt, res: list[dict], mdl: str, arms: list[str], path: Path) -> str:
+    """Val / test NDCG@10 per epoch, mean over seeds, over the epochs every seed ran."""
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
     for a in arms:
         runs = [r for r in res if r["arm"] == a and "history" in r]
@@ -565,11 +564,13 @@ def plots(model_results: dict, tables: dict, arms: list[str], cdr_runs: dict, u:
         ax.set_ylabel(f"{s} NDCG@10 (mean over seeds)")
         ax.set_title(f"{mdl}: {s} NDCG@10 per epoch (epochs run by every seed)", fontsize=9)
     axes[1].legend(fontsize=7)
-    fig.tight_layout()
-    p = figdir / "ext_curves.png"
-    fig.savefig(p, dpi=110)
-    plt.close(fig)
-    out.append(p.name)
+    return _save(fig, path)
+
+
+def _plot_reliability(plt, res: list[dict], mdl: str, arms: list[str], path: Path) -> str:
+    """Reliability diagram (test, seeds pooled, 15 bins) of the plain, dllm2rec and uamd-exp arms."""
+    from reimpl.metrics import reliability_bins
+
     fig, ax = plt.subplots(figsize=(4.5, 4))
     for a in [x for x in ("plain", "dllm2rec", "uamd-exp") if x in arms]:
         runs = [r for r in res if r["arm"] == a]
@@ -586,11 +587,22 @@ def plots(model_results: dict, tables: dict, arms: list[str], cdr_runs: dict, u:
     ax.set_xscale("symlog", linthresh=1e-3)
     ax.legend(fontsize=8)
     ax.set_title(f"{mdl}: reliability (test, seeds pooled, 15 bins)", fontsize=9)
-    fig.tight_layout()
-    p = figdir / "ext_reliability.png"
-    fig.savefig(p, dpi=110)
-    plt.close(fig)
-    out.append(p.name)
+    return _save(fig, path)
+
+
+def plots(model_results: dict, tables: dict, arms: list[str], cdr_runs: dict, u: np.ndarray, figdir: Path) -> list[str]:
+    """The report's figures under ``figdir``; returns their file names."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figdir.mkdir(parents=True, exist_ok=True)
+    models = list(model_results)
+    mdl = models[0]
+    res = model_results[mdl]
+    out = [_plot_metrics(plt, tables, models, arms, figdir / "ext_metrics.png"),
+           _plot_curves(plt, res, mdl, arms, figdir / "ext_curves.png"),
+           _plot_reliability(plt, res, mdl, arms, figdir / "ext_reliability.png")]
     if cdr_runs.get(mdl):
         fig, ax = plt.subplots(figsize=(4.8, 3.5))
         for s, rounds in cdr_runs[mdl].items():
@@ -599,20 +611,12 @@ def plots(model_results: dict, tables: dict, arms: list[str], cdr_runs: dict, u:
         ax.set_ylabel("student test NDCG@10")
         ax.set_title(f"{mdl}: CDR rounds", fontsize=9)
         ax.legend(fontsize=7)
-        fig.tight_layout()
-        p = figdir / "ext_cdr_rounds.png"
-        fig.savefig(p, dpi=110)
-        plt.close(fig)
-        out.append(p.name)
+        out.append(_save(fig, figdir / "ext_cdr_rounds.png"))
     fig, ax = plt.subplots(figsize=(4.5, 3.2))
     ax.hist(u, bins=40, color="#55A868")
     ax.set_xlabel("teacher expert variance u (UAMD)")
     ax.set_ylabel("train rows")
-    fig.tight_layout()
-    p = figdir / "ext_uncertainty_hist.png"
-    fig.savefig(p, dpi=110)
-    plt.close(fig)
-    out.append(p.name)
+    out.append(_save(fig, figdir / "ext_uncertainty_hist.png"))
     return out
 
 
