@@ -244,14 +244,10 @@ def execute(spec: RunSpec, root: Path, workdir: Path, threads: int, bar=None) ->
     return res
 
 
-def run_plan(plan: Plan, root: Path, *, only: str | None = None, progress: bool = True,
-             log=print) -> dict:
-    """Prepare data, run every unfinished run of ``plan`` (one at a time), write ``status.json``."""
-    from tqdm.auto import tqdm
-
-    root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
-    manifests = {}
+def _prepare_data(plan: Plan, root: Path, only: str | None, progress: bool, log) -> tuple[dict, dict]:
+    """Prepare every data set the selected runs need (a distilled one: its teacher phase first) and write
+    ``manifests.json``; returns (manifests, {data key: why its teacher phase was skipped})."""
+    manifests: dict = {}
     teacher_skipped = {}
     wanted = {r.dataset.key for r in plan.runs() if only is None or re.search(only, r.run_id)}
     for ds in plan.datasets:
@@ -265,6 +261,17 @@ def run_plan(plan: Plan, root: Path, *, only: str | None = None, progress: bool 
             continue
         manifests[ds.key] = prepare(ds, root)
     (root / "manifests.json").write_text(json.dumps(manifests, indent=1))
+    return manifests, teacher_skipped
+
+
+def run_plan(plan: Plan, root: Path, *, only: str | None = None, progress: bool = True,
+             log=print) -> dict:
+    """Prepare data, run every unfinished run of ``plan`` (one at a time), write ``status.json``."""
+    from tqdm.auto import tqdm
+
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    manifests, teacher_skipped = _prepare_data(plan, root, only, progress, log)
     ref_missing = reference_available()
     runs = [r for r in plan.runs() if (only is None or re.search(only, r.run_id))
             and r.dataset.key not in teacher_skipped]
