@@ -123,28 +123,33 @@ def prepare(spec: DatasetSpec, root: Path, shared: Path = SHARED) -> dict:
     rows_file = work / "train_rows.txt"   # original train-row index of every slice row (teacher export order)
     np.savetxt(rows_file, train_rows if train_rows is not None else np.arange(ds["train"].n), fmt="%d")
     if spec.tocf_dir is not None:  # teacher files (issue 7 parts 2-3): main.py:327 reads ./tocf/<name>/
-        src = Path(spec.tocf_dir).resolve()
-        if not src.is_dir():
-            raise FileNotFoundError(f"baseline data {spec.name!r}: tocf_dir {src} is not a folder")
-        # main.py:434 picks teacher rows by the train frame's index: the export must cover exactly these rows
-        exported = src / "rows.txt"
-        if not exported.is_file():
-            raise FileNotFoundError(f"baseline data {spec.name!r}: {exported} missing (which train rows the "
-                                    "teacher export covers)")
-        if not np.array_equal(np.loadtxt(exported, dtype=np.int64, ndmin=1),
-                              np.loadtxt(rows_file, dtype=np.int64, ndmin=1)):
-            raise ValueError(f"baseline data {spec.name!r}: {exported} lists other train rows than the slice "
-                             f"{rows_file}; teacher rows would be misaligned (main.py:434)")
-        link = work / "tocf" / spec.name
-        link.parent.mkdir(parents=True, exist_ok=True)
-        if link.is_symlink() or link.exists():
-            link.unlink()
-        link.symlink_to(src, target_is_directory=True)
+        _link_tocf(spec, work, rows_file)
     written = {str(p): sha256(p) for p in [*sorted(out_dir.iterdir()), rows_file]}
     man = {"spec": asdict(spec), "workdir": str(work), "facts": _facts(sliced), "full_facts": full_facts,
            "sources": sources, "written": written, "trainable": True}
     man_path.write_text(json.dumps(man, indent=1))
     return man
+
+
+def _link_tocf(spec: DatasetSpec, work: Path, rows_file: Path) -> None:
+    """``work/tocf/<name>`` -> ``spec.tocf_dir``, after checking the export covers exactly the slice's train rows
+    (main.py:434 picks teacher rows by the train frame's index)."""
+    src = Path(spec.tocf_dir).resolve()
+    if not src.is_dir():
+        raise FileNotFoundError(f"baseline data {spec.name!r}: tocf_dir {src} is not a folder")
+    exported = src / "rows.txt"
+    if not exported.is_file():
+        raise FileNotFoundError(f"baseline data {spec.name!r}: {exported} missing (which train rows the "
+                                "teacher export covers)")
+    if not np.array_equal(np.loadtxt(exported, dtype=np.int64, ndmin=1),
+                          np.loadtxt(rows_file, dtype=np.int64, ndmin=1)):
+        raise ValueError(f"baseline data {spec.name!r}: {exported} lists other train rows than the slice "
+                         f"{rows_file}; teacher rows would be misaligned (main.py:434)")
+    link = work / "tocf" / spec.name
+    link.parent.mkdir(parents=True, exist_ok=True)
+    if link.is_symlink() or link.exists():
+        link.unlink()
+    link.symlink_to(src, target_is_directory=True)
 
 
 def _rmtree(path: Path) -> None:
