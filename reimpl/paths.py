@@ -16,6 +16,9 @@ name               default                                        override
 ``cache_dir()``    ``ROOT/cache`` (derived models, read at call)  ``RECPARITY_CACHE``
 =================  =============================================  =====================
 
+Elsewhere: ``REF_SOURCE`` (folder of reference archives for ``make refs``, default ``SHARED/refs``;
+``parity/materialize.py``) and ``FORCE=1`` (re-extract them).
+
 ``SHARED`` is read once, at import; ``cache_dir()`` reads ``RECPARITY_CACHE`` each call (tests point it at a
 temporary folder). The reference checkout's own location is fixed: ``make refs`` verifies it file by file
 against ``REFS_LOCK`` (``reimpl/refs_lock.py``).
