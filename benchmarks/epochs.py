@@ -73,7 +73,16 @@ def prepare(work: Path = WORK, seed: int = 0) -> Path:
 
 
 def load() -> str:
-    return os.getloadavg().__repr__() if hasattr(os, "getloadavg") else "n/a"
+    """The 1/5/15-minute load average, e.g. ``"8.6/10.2/9.2"``."""
+    return "/".join(f"{x:.1f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
+
+
+def _load_text(v: str) -> str:  # results cached by an earlier version hold the tuple's repr
+    if v.startswith("("):
+        import ast
+
+        return "/".join(f"{x:.1f}" for x in ast.literal_eval(v))
+    return v
 
 
 def reference_epoch(model: str, variant: str, work: Path) -> dict:
@@ -183,6 +192,10 @@ def render(rows: list[dict], out: Path, note: str) -> None:
     view = []
     for r in rows:
         gf = r["eng"]["flops_per_step"] * r["eng"]["steps"] / r["eng"]["epoch_cpu_s"] / 1e9
+        r = {**r, "ref": {**r["ref"]}, "eng": {**r["eng"]}}
+        for side in ("ref", "eng"):
+            for k in ("load_before", "load_after"):
+                r[side][k] = _load_text(r[side][k])
         view.append({**r, "goal": 20 if r["variant"] == "kd" else 10,
                      "variant_label": "default (lam 0.8, ed_weight 0.2, alpha 1)" if r["variant"] == "kd" else "none",
                      "speedup_wall": r["ref"]["epoch_s"] / r["eng"]["epoch_s"],
@@ -205,7 +218,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=str(REPORTS / "bench_epochs.md"))
     ap.add_argument("--json", default=str(WORK / "results.json"))
     ap.add_argument("--note", default="")
+    ap.add_argument("--render-only", action="store_true", help="rewrite the report from --json, measure nothing")
     a = ap.parse_args(argv)
+    if a.render_only:
+        render(list(json.loads(Path(a.json).read_text()).values()), Path(a.out), a.note)
+        return 0
     work = prepare()
     prev = json.loads(Path(a.json).read_text()) if Path(a.json).is_file() else {}
     rows = []
