@@ -4,7 +4,7 @@ PY    := .venv/bin/python
 STAMP := .venv/.recparity-stamp
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: setup refs refs-optional test parity drift epoch-identity golden bench baseline baseline-quick extensions teacher-curve clean-refs
+.PHONY: setup refs refs-optional test parity drift epoch-identity golden bench baseline baseline-quick extensions teacher-curve teachers clean-refs
 
 setup: $(STAMP)
 
@@ -84,3 +84,8 @@ teacher-curve: setup refs
 
 clean-refs:
 	rm -rf ref_repositories/iLoRA ref_repositories/DLLM2Rec
+
+# Issue 16: reports/teachers.md from the committed results/teachers/*.json (no training). The runs themselves:
+# python -m reimpl.teachers.run {sasrec,dense,e4srec} ... (commands in the report; each writes one JSON, resumes).
+teachers: setup
+	$(PY) -m reimpl.teachers.report

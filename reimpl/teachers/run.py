@@ -1,0 +1,300 @@
+"""Train, evaluate and export the inner-product teachers on LastFM; one JSON per run in ``results/teachers/``.
+
+    python -m reimpl.teachers.run dense  --llm smollm2 --pooling mean [--id_embeddings true] [--export true]
+    python -m reimpl.teachers.run e4srec --max_train_rows 1000 --eval_rows 500 --llm_layers 6
+    python -m reimpl.teachers.run sasrec          # the SASRec checkpoint alone (the bar)
+
+Every run evaluates on the same rows and candidates (:mod:`reimpl.teachers.common`): the held-out train rows
+(the last ``--heldout_rows``, never trained on by these teachers; ``--eval_rows`` takes the first n of them), val
+and test (122 rows each), 20 candidates per row, and scores the SASRec checkpoint on exactly those rows and
+candidates beside it. Costs are wall-clock on a shared machine; ``uptime``'s load average is recorded at start and
+end. Runs resume: LLM encodings are cached chunk by chunk under ``runs/teachers/enc/``, E4SRec checkpoints its
+trainable weights every 25 steps under ``runs/teachers/<name>/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import platform
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from reimpl.cliconf import add_dataclass_arguments, build, from_namespace, require
+from reimpl.paths import ROOT, RUNS, SHARED
+from reimpl.teachers import common, dense, e4srec
+from reimpl.teachers import export as ex
+
+RESULTS = ROOT / "results" / "teachers"
+SMOLLM2_ID = "smollm2-135m-instruct-q4_1"
+
+
+@dataclass
+class RunOptions:
+    data_dir: str = str(SHARED / "data" / "ilora" / "lastfm")
+    sasrec_ckpt: str = str(SHARED / "data" / "ilora" / "rec_model" / "lastfm.pt")
+    heldout_rows: int = 2000
+    eval_rows: int | None = None        # first n held-out rows only (None: all)
+    n_cands: int = 20
+    cand_seed: int = 0
+    name: str | None = None             # result name (default: derived from the config)
+    export: bool = False                # export the full train split to results/teachers/<name>.safetensors
+    threads: int = 2
+    llm: str = field(default="smollm2", metadata={"choices": ["smollm2", "minilm", "random", "tiny"]})
+    results_dir: str = str(RESULTS)
+    max_train_rows: int | None = None   # a seeded sample of the training rows (None: all non-held-out rows)
+
+    def __post_init__(self) -> None:
+        require(self.n_cands >= 10, "--n_cands", ">= 10 (target in the top 10 is reported)", self.n_cands)
+        require(self.heldout_rows > 0, "--heldout_rows", "> 0", self.heldout_rows)
+
+
+def _load() -> str:
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "n/a"
+
+
+def _env(opts: RunOptions) -> dict:
+    return {"python": platform.python_version(), "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "cpu_count": os.cpu_count(), "machine": platform.machine(), "load_at_start": _load()}
+
+
+def train_rows(d: common.LastFM, opts: RunOptions, seed: int) -> common.Rows:
+    """The non-held-out train rows, or a seeded sample of ``max_train_rows`` of them (in frame order)."""
+    train, _ = common.split_train(d.train, opts.heldout_rows)
+    if opts.max_train_rows is None or opts.max_train_rows >= len(train):
+        return train
+    g = np.random.default_rng(seed)
+    return train.take(np.sort(g.choice(len(train), opts.max_train_rows, replace=False)))
+
+
+def eval_sets(d: common.LastFM, opts: RunOptions) -> dict[str, common.Rows]:
+    _, held = common.split_train(d.train, opts.heldout_rows)
+    if opts.eval_rows is not None:
+        held = held.take(slice(0, opts.eval_rows))
+    return {"heldout": held, "val": d.val, "test": d.test}
+
+
+def evaluate(full: torch.Tensor, rows: common.Rows, opts: RunOptions) -> dict:
+    cands = common.candidates(rows, opts.n_cands, opts.cand_seed)
+    cs = full.gather(1, torch.as_tensor(cands))
+    return common.evaluate_scores(full, cs, cands, rows.next, [rows.history(i) for i in range(len(rows))])
+
+
+def sasrec_bar(sas, sets: dict[str, common.Rows], opts: RunOptions) -> dict:
+    return {k: evaluate(common.sasrec_scores(sas, r), r, opts) for k, r in sets.items()}
+
+
+def _write(folder: str, name: str, rec: dict) -> Path:
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    p = Path(folder) / f"{name}.json"
+    tmp = p.with_name(p.name + ".tmp")
+    tmp.write_text(json.dumps(rec, indent=1, sort_keys=True, default=float) + "\n")
+    tmp.replace(p)
+    return p
+
+
+def _export(folder: str, name: str, scores_fn, d: common.LastFM, emb: torch.Tensor, meta: dict, k: int = 10,
+            chunk: int = 4096) -> dict:
+    """Top-k over all items for every train row (history items masked), compact file in results/teachers/."""
+    t0 = time.perf_counter()
+    ranks, confs = [], []
+    for s in range(0, len(d.train), chunk):
+        rows = d.train.take(slice(s, s + chunk))
+        sc = scores_fn(rows).double()
+        for r in range(len(rows)):
+            h = rows.history(r)
+            if h:
+                sc[r, h] = -torch.inf   # a teacher recommends the next item, not one already heard
+        rk, cf = ex.ranking_from_scores(sc, k)
+        ranks.append(rk)
+        confs.append(cf)
+    files = ex.TeacherFiles(np.arange(len(d.train)), np.concatenate(ranks), np.concatenate(confs), emb.float())
+    p = ex.write_compact(Path(folder) / f"{name}.safetensors", files, d.item_num, n_train=len(d.train), meta=meta)
+    hit = (files.rank == d.train.next[:, None]).any(1)
+    return {"file": str(p.relative_to(ROOT)) if p.is_relative_to(ROOT) else str(p), "rows": len(d.train), "k": k, "bytes": p.stat().st_size,
+            "export_s": round(time.perf_counter() - t0, 2), "target_in_topk_all_items": float(hit.mean()),
+            "note": "top-k over all items (history masked); rows 0..N-1 of the LastFM train split, held-out rows "
+                    "included (the teacher never trained on them)"}
+
+
+# ------------------------------------------------------------------------------------------------- encoders
+def item_vectors(d: common.LastFM, opts: RunOptions, pooling: str) -> tuple[torch.Tensor, dict]:
+    """``[I, d_llm]`` frozen text vectors of every item title (cached)."""
+    titles = [d.titles[i] for i in range(d.item_num)]
+    if opts.llm == "random":   # control: no text at all
+        g = torch.Generator().manual_seed(0)
+        return torch.randn(d.item_num, 576, generator=g), {"llm": "random N(0,1) vectors (no text; a control)"}
+    if opts.llm == "minilm":
+        from reimpl.llm.real import load_minilm
+
+        cache = RUNS / "teachers" / "enc" / "minilm-items.npy"
+        t0 = time.perf_counter()
+        if not cache.is_file():
+            m = load_minilm()
+            v = m.encode(titles, batch_size=256, convert_to_numpy=True, normalize_embeddings=False)
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            np.save(cache, v.astype(np.float32))
+        return torch.from_numpy(np.load(cache)), {"llm": "all-MiniLM-L6-v2 (sentence-transformers mean pooling)",
+                                                   "encode_s": round(time.perf_counter() - t0, 1)}
+    if opts.llm == "tiny":
+        from reimpl.llm.tiny import load_tiny_tokenizer, tiny_llama
+
+        tok = load_tiny_tokenizer()
+        model, mid = tiny_llama(seed=0, vocab_size=len(tok)), "tiny-llama-seed0"
+    else:
+        from reimpl.llm.real import load_smollm2
+
+        model, tok = load_smollm2()
+        mid = SMOLLM2_ID
+    from reimpl.teachers.encode import encode_cached
+
+    last, mean, st = encode_cached(RUNS / "teachers" / "enc" / f"{mid}-items", model, tok, titles, mid, chunk=512,
+                                   dtype=torch.bfloat16 if opts.llm == "smollm2" else None)
+    return torch.from_numpy(last if pooling == "last" else mean), {"llm": mid, "pooling": pooling, "encode": st}
+
+
+# ----------------------------------------------------------------------------------------------- commands
+def run_dense(cfg: dense.DenseConfig, opts: RunOptions) -> Path:
+    torch.manual_seed(cfg.seed)
+    d = common.load_lastfm(opts.data_dir)
+    train = train_rows(d, opts, cfg.seed)
+    sets = eval_sets(d, opts)
+    name = opts.name or (f"dense-{opts.llm}-{cfg.pooling}" + ("-id" if cfg.id_embeddings else ""))
+    rec = {"teacher": name, "method": "dense", "config": dataclasses.asdict(cfg), "options": dataclasses.asdict(opts),
+           "env": _env(opts), "command": " ".join(sys.argv)}
+    require(cfg.user_encoder == "items", "--user_encoder",
+            "'items' in this CLI (the 'llm' user tower needs one LLM pass per row; see the module)", cfg.user_encoder)
+    x, rec["encoder"] = item_vectors(d, opts, cfg.pooling)
+    model = dense.DenseRetriever(cfg, x)
+    rec["train"] = {"rows": len(train), **dense.train_dense(model, dense.hist_tensor(train.seqs, d.item_num), None,
+                                                              torch.as_tensor(train.next),
+                                                              log=lambda m: print(m, flush=True))}
+    t0 = time.perf_counter()
+    rec["eval"] = {k: evaluate(dense.score_all(model, dense.hist_tensor(r.seqs, d.item_num), None), r, opts)
+                   for k, r in sets.items()}
+    rec["eval_s"] = round(time.perf_counter() - t0, 2)
+    from reimpl.ilora.sasrec import load_checkpoint
+
+    rec["sasrec_bar"] = sasrec_bar(load_checkpoint(opts.sasrec_ckpt, mode="fixed"), sets, opts)
+    if opts.export:
+        with torch.no_grad():
+            emb = model.items()
+        rec["export"] = _export(opts.results_dir, name, lambda r: dense.score_all(model, dense.hist_tensor(r.seqs, d.item_num), None),
+                                d, emb, {"teacher": name, "config": rec["config"]})
+    rec["env"]["load_at_end"] = _load()
+    return _write(opts.results_dir, name, rec)
+
+
+def run_e4srec(cfg: e4srec.E4SRecConfig, opts: RunOptions) -> Path:
+    from reimpl.ilora.sasrec import load_checkpoint
+
+    torch.manual_seed(cfg.seed)
+    d = common.load_lastfm(opts.data_dir)
+    tr = train_rows(d, opts, cfg.seed)
+    sets = eval_sets(d, opts)
+    sas = load_checkpoint(opts.sasrec_ckpt, mode="fixed")
+    if opts.llm == "tiny":
+        from reimpl.llm.tiny import load_tiny_tokenizer, tiny_llama
+
+        tok = load_tiny_tokenizer()
+        llm = tiny_llama(seed=0, vocab_size=len(tok))
+    else:
+        require(opts.llm == "smollm2", "--llm", "smollm2 or tiny for e4srec", opts.llm)
+        from reimpl.llm.real import load_smollm2
+
+        llm, tok = load_smollm2()
+    name = opts.name or f"e4srec-{opts.llm}" + (f"-moe{cfg.num_moe}-{cfg.gate}" if cfg.num_moe > 1 else "")
+    model = e4srec.E4SRec(cfg, llm, tok, sas)
+    ck_dir = RUNS / "teachers" / name
+    ck = ck_dir / "ckpt.pt"
+    start, curve = 0, []
+    if ck.is_file():
+        state = torch.load(ck, weights_only=False)
+        if state["config"] != dataclasses.asdict(cfg) or state["rows"] != len(tr):
+            raise ValueError(f"{ck}: checkpoint of another configuration; delete it or pass another --name")
+        model.load_state_dict(state["trainable"], strict=False)
+        model._opt_state = state["opt"]
+        start, curve = state["step"], state["curve"]
+        print(f"resuming {name} at step {start}", flush=True)
+
+    def save(step, cur):
+        ck_dir.mkdir(parents=True, exist_ok=True)
+        tmp = ck.with_name("ckpt.pt.tmp")
+        torch.save({"config": dataclasses.asdict(cfg), "rows": len(tr), "step": step, "curve": cur,
+                    "trainable": {n: p.detach() for n, p in model.trainable()}, "opt": model._opt_state}, tmp)
+        tmp.replace(ck)
+
+    rec = {"teacher": name, "method": "e4srec", "config": dataclasses.asdict(cfg), "options": dataclasses.asdict(opts),
+           "env": _env(opts), "command": " ".join(sys.argv),
+           "encoder": {"llm": SMOLLM2_ID if opts.llm == "smollm2" else "tiny-llama-seed0",
+                       "trainable_params": sum(p.numel() for _, p in model.trainable())}}
+    info = e4srec.train_e4srec(model, tr.seqs, tr.next, d.item_num, log=lambda m: print(m, flush=True),
+                               checkpoint=save, start_step=start, curve=curve)
+    rec["train"] = {"rows": len(tr), "resumed_at_step": start, **info}
+    t0 = time.perf_counter()
+    rec["eval"] = {}
+    n_eval = 0
+    for k, r in sets.items():
+        rec["eval"][k] = evaluate(e4srec.score_all(model, r.seqs, d.item_num), r, opts)
+        n_eval += len(r)
+    secs = time.perf_counter() - t0
+    rec["eval_s"] = round(secs, 2)
+    rec["export_rows_per_s"] = round(n_eval / max(secs, 1e-9), 2)   # one forward per row scores every item
+    rec["sasrec_bar"] = sasrec_bar(sas, sets, opts)
+    if opts.export:
+        rec["export"] = _export(opts.results_dir, name, lambda r: e4srec.score_all(model, r.seqs, d.item_num), d,
+                                model.items.detach(), {"teacher": name, "config": rec["config"]}, chunk=256)
+    rec["env"]["load_at_end"] = _load()
+    return _write(opts.results_dir, name, rec)
+
+
+def run_sasrec(opts: RunOptions) -> Path:
+    from reimpl.ilora.sasrec import load_checkpoint
+
+    d = common.load_lastfm(opts.data_dir)
+    sets = eval_sets(d, opts)
+    sas = load_checkpoint(opts.sasrec_ckpt, mode="fixed")
+    rec = {"teacher": "sasrec", "method": "sasrec", "options": dataclasses.asdict(opts), "env": _env(opts),
+           "command": " ".join(sys.argv), "eval": sasrec_bar(sas, sets, opts),
+           "note": "rec_model/lastfm.pt as shipped by iLoRA; trained by its authors on the whole train split, "
+                   "held-out rows included"}
+    return _write(opts.results_dir, opts.name or "sasrec", rec)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m reimpl.teachers.run", description=__doc__.split("\n")[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+    pd = sub.add_parser("dense")
+    add_dataclass_arguments(pd, dense.DenseConfig)
+    add_dataclass_arguments(pd, RunOptions)
+    pe = sub.add_parser("e4srec")
+    add_dataclass_arguments(pe, e4srec.E4SRecConfig)
+    add_dataclass_arguments(pe, RunOptions, skip=("seed",))
+    ps = sub.add_parser("sasrec")
+    add_dataclass_arguments(ps, RunOptions)
+    a = p.parse_args(argv)
+    parser = {"dense": pd, "e4srec": pe, "sasrec": ps}[a.cmd]
+    opts = build(parser, lambda: from_namespace(RunOptions, a))
+    torch.set_num_threads(opts.threads)
+    if a.cmd == "dense":
+        out = run_dense(build(parser, lambda: from_namespace(dense.DenseConfig, a)), opts)
+    elif a.cmd == "e4srec":
+        out = run_e4srec(build(parser, lambda: from_namespace(e4srec.E4SRecConfig, a)), opts)
+    else:
+        out = run_sasrec(opts)
+    print(out)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
