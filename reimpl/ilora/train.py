@@ -338,8 +338,7 @@ def build_from_args(a):
         from transformers import AutoModelForCausalLM, AutoTokenizer
         llm = AutoModelForCausalLM.from_pretrained(a.llm, local_files_only=True)
         tok = AutoTokenizer.from_pretrained(a.llm, local_files_only=True)
-    tcfg = TeacherConfig(lora_r=a.lora_r, lora_alpha=a.lora_alpha, lora_dropout=a.lora_dropout,
-                         num_moe=a.num_moe, mode=a.mode)
+    tcfg = from_namespace(TeacherConfig, a)   # the TeacherConfig fields ``a`` has (CLI: all its options)
     return build_teacher(llm, tok, load_sasrec(a.rec_model_path, mode=a.mode), tcfg)
 
 
