@@ -18,7 +18,8 @@ def test_committed_report_is_current():
                     reason="../shared/data/ilora/lastfm absent")
 def test_cli_dense_random_vectors_renders(tmp_path):
     """The CLI end to end on LastFM with random item vectors, a few steps, 64 held-out rows (the report's input)."""
-    out = run.main(["dense", "--llm", "random", "--epochs", "1", "--batch_size", "64", "--max_train_rows", "256", "--eval_rows", "64",
+    out = run.main(["dense", "--llm", "random", "--epochs", "1", "--batch_size", "64", "--max_train_rows", "256",
+                    "--eval_rows", "64",
                     "--threads", "1", "--results_dir", str(tmp_path), "--name", "t"])
     assert out == 0
     rec = json.loads((tmp_path / "t.json").read_text())

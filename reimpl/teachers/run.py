@@ -121,7 +121,8 @@ def _export(folder: str, name: str, scores_fn, d: common.LastFM, emb: torch.Tens
     files = ex.TeacherFiles(np.arange(len(d.train)), np.concatenate(ranks), np.concatenate(confs), emb.float())
     p = ex.write_compact(Path(folder) / f"{name}.safetensors", files, d.item_num, n_train=len(d.train), meta=meta)
     hit = (files.rank == d.train.next[:, None]).any(1)
-    return {"file": str(p.relative_to(ROOT)) if p.is_relative_to(ROOT) else str(p), "rows": len(d.train), "k": k, "bytes": p.stat().st_size,
+    return {"file": str(p.relative_to(ROOT)) if p.is_relative_to(ROOT) else str(p), "rows": len(d.train), "k": k,
+            "bytes": p.stat().st_size,
             "export_s": round(time.perf_counter() - t0, 2), "target_in_topk_all_items": float(hit.mean()),
             "note": "top-k over all items (history masked); rows 0..N-1 of the LastFM train split, held-out rows "
                     "included (the teacher never trained on them)"}
@@ -189,8 +190,9 @@ def run_dense(cfg: dense.DenseConfig, opts: RunOptions) -> Path:
     if opts.export:
         with torch.no_grad():
             emb = model.items()
-        rec["export"] = _export(opts.results_dir, name, lambda r: dense.score_all(model, dense.hist_tensor(r.seqs, d.item_num), None),
-                                d, emb, {"teacher": name, "config": rec["config"]})
+        rec["export"] = _export(opts.results_dir, name,
+                                lambda r: dense.score_all(model, dense.hist_tensor(r.seqs, d.item_num), None), d, emb,
+                                {"teacher": name, "config": rec["config"]})
     rec["env"]["load_at_end"] = _load()
     return _write(opts.results_dir, name, rec)
 
