@@ -10,6 +10,7 @@ up-to-date test).
 from __future__ import annotations
 
 import datetime as _dt
+import json
 import math
 import re
 from pathlib import Path
@@ -115,7 +116,9 @@ def render(results, live_available: dict[str, bool]) -> str:
     from parity.kernels import describe, fingerprint
 
     golden_platforms = sorted({r.golden_platform or "unstamped" for r in results if "golden" in r.sources})
+    epoch_file = Path(__file__).resolve().parent / "epoch_identity.json"
     text = env.get_template("parity.md.j2").render(
+        epoch=json.loads(epoch_file.read_text()) if epoch_file.is_file() else None,
         platform=describe(fingerprint()),
         golden_platforms=golden_platforms or ["–"],
         generated=_dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),

@@ -27,7 +27,7 @@ def test_state_dict_roundtrip_with_reference(name, refs):
 def test_batch_size_one(name):
     import numpy as np
 
-    seq, lens, _ = C.sequences(np.random.RandomState(0), 1, 50, 10)
+    seq, lens, _ = C.sequences(np.random.default_rng(0), 1, 50, 10)
     seq, lens = torch.as_tensor(seq), torch.as_tensor(lens)
     fixed = C.build_reimpl(name, mode="fixed").eval()
     assert fixed(seq, lens).shape == (1, 50)
@@ -45,7 +45,7 @@ def test_caser_faithful_b1_matches_reference_crash(refs):
     import numpy as np
 
     r = C.ref()
-    seq, lens, _ = C.sequences(np.random.RandomState(0), 1, 50, 10)
+    seq, lens, _ = C.sequences(np.random.default_rng(0), 1, 50, 10)
     with pytest.raises(IndexError):
         C.build_ref(r, "Caser").eval()(torch.as_tensor(seq), list(lens))
 

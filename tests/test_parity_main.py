@@ -44,7 +44,19 @@ def test_corrupted_reimpl_function_is_not_reproduced(tmp_path, monkeypatch):
 
 @pytest.mark.refs
 def test_committed_report_is_current(refs, shared_dir, tmp_path):
-    """`make parity` with live references reproduces reports/parity.md (timestamp aside) and exits 0."""
+    """`make parity` with live references reproduces reports/parity.md (timestamp aside) and exits 0.
+
+    The report's error figures are this platform's: on another kernel key (another CPU, or the AVX2 caps)
+    they legitimately differ, so the comparison runs where the committed report was generated; the
+    kernel-matrix test checks every other set passes."""
+    from parity.kernels import describe, fingerprint
+
+    committed_text = (ROOT / "reports" / "parity.md").read_text()
+    m = re.search(r"^Generated: .* on (.*)\.$", committed_text, flags=re.M)
+    here = describe(fingerprint())
+    if m is None or m.group(1) != here:
+        pytest.skip(f"reports/parity.md was generated on {m.group(1) if m else 'an unknown platform'}; "
+                    f"this run is on {here}: its figures are compared only there")
     out = tmp_path / "parity.md"
     p = subprocess.run([sys.executable, "-m", "parity.run", "--report", str(out)], cwd=ROOT,
                        capture_output=True, text=True, env=dict(os.environ, PYTHONDONTWRITEBYTECODE="1"))

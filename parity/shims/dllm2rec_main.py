@@ -27,6 +27,8 @@ Bridges (process-level only; no reference logic is replaced):
   consumes no random numbers and does not change what the reference prints. The reference prints no
   MRR; MRR of reference runs in the baseline report is computed from these recorded ranks.
   Calls alternate VAL, TEST once per epoch (``main.py:499-505``).
+* **final state (read-only)**: with ``--final-state F``, after a run that returns normally, the
+  ``model`` and ``loss_all`` globals runpy hands back are written to ``F`` (safetensors) and ``F.json``.
 * **exit**: the reference ends early stopping with ``exit(0)`` (``main.py:524``); the shim catches
   ``SystemExit``, writes the capture and exits with the same code.
 
@@ -99,7 +101,18 @@ def _wrap_calculate_hit(utility, evals: list) -> None:
     utility.calculate_hit = calculate_hit
 
 
-def run(seed: int, workdir: str | Path, main_args: list[str], capture: str | Path | None = None) -> int:
+def _save_final_state(g: dict, path: str | Path) -> None:
+    """The script's final ``model`` parameters (safetensors) and last ``loss_all`` (full precision, JSON
+    beside it), read from the globals runpy returns after a normal end (``--epoch`` reached)."""
+    from safetensors.torch import save_file
+
+    sd = {k: v.detach().contiguous().clone() for k, v in g["model"].state_dict().items()}
+    save_file(sd, str(path))
+    Path(str(path) + ".json").write_text(json.dumps({"loss_all": float(g["loss_all"].item())}))
+
+
+def run(seed: int, workdir: str | Path, main_args: list[str], capture: str | Path | None = None,
+        final_state: str | Path | None = None) -> int:
     """Execute main.py in ``workdir`` with ``main_args``; returns its exit code."""
     sys.dont_write_bytecode = True
     os.environ["PYTHONDONTWRITEBYTECODE"] = "1"
@@ -123,7 +136,9 @@ def run(seed: int, workdir: str | Path, main_args: list[str], capture: str | Pat
     t0 = time.time()
     code = 0
     try:
-        runpy.run_path(str(main_py), run_name="__main__")
+        g = runpy.run_path(str(main_py), run_name="__main__")
+        if final_state:
+            _save_final_state(g, final_state)
     except SystemExit as e:  # main.py:524 exit(0) after early stopping; :313/:490 exit(-1)
         code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
     finally:
@@ -154,8 +169,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=HARD_CODED_SEED)
     ap.add_argument("--workdir", required=True, help="folder holding data/<name>/ (and tocf/<name>/)")
     ap.add_argument("--capture", default=None, help="JSON file for the recorded ranks and seed calls")
+    ap.add_argument("--final-state", default=None,
+                    help="safetensors file for the final model parameters (+ .json: last loss) after a run "
+                         "that ends by reaching --epoch")
     a = ap.parse_args(own)
-    return run(a.seed, a.workdir, rest, a.capture)
+    return run(a.seed, a.workdir, rest, a.capture, a.final_state)
 
 
 if __name__ == "__main__":
