@@ -103,3 +103,20 @@ def test_e4srec_prompt_scores_and_training(tiny, num_moe, gate):
     names = {n.split(".")[0] for n, _ in m.trainable()}
     assert names >= {"items", "in_proj", "out_proj", "lm"} and ("router" in names) == (gate == "ilora")
     assert all("lora_" in n for n, _ in m.trainable() if n.startswith("lm."))
+
+
+def test_llamarec_rerank_one_pass_and_two_stage(tiny):
+    from reimpl.teachers import llamarec
+    from reimpl.llm.tiny import load_tiny_tokenizer
+
+    llm, _, _ = tiny
+    tok = load_tiny_tokenizer()
+    titles = {i: f"Band {i}" for i in range(I)}
+    cands = torch.tensor([[3, 4, 5, 6], [7, 8, 9, 10]])
+    sc = llamarec.rerank(llm, tok, titles, [[1, 2], []], cands)
+    assert sc.shape == (2, 4) and torch.allclose(sc.exp().sum(1), torch.ones(2))
+    alone = llamarec.rerank(llm, tok, titles, [[]], cands[1:])     # left padding leaves a row unchanged
+    assert torch.allclose(alone[0], sc[1], atol=1e-4)
+    full = llamarec.two_stage_scores(torch.randn(2, I), sc, cands)
+    top = full.topk(4, dim=1).indices
+    assert set(top[0].tolist()) == {3, 4, 5, 6} and int(top[1, 0]) == int(cands[1, sc[1].argmax()])

@@ -2,6 +2,7 @@
 
     python -m reimpl.teachers.run dense  --llm smollm2 --pooling mean [--id_embeddings true] [--export true]
     python -m reimpl.teachers.run e4srec --max_train_rows 1000 --eval_rows 500 --llm_layers 6
+    python -m reimpl.teachers.run llamarec --splits val,test   # zero-shot two-stage reranker
     python -m reimpl.teachers.run sasrec          # the SASRec checkpoint alone (the bar)
 
 Every run evaluates on the same rows and candidates (:mod:`reimpl.teachers.common`): the held-out train rows
@@ -260,6 +261,55 @@ def run_e4srec(cfg: e4srec.E4SRecConfig, opts: RunOptions) -> Path:
     return _write(opts.results_dir, name, rec)
 
 
+def run_llamarec(cfg, opts: RunOptions, splits: tuple[str, ...]) -> Path:
+    """Zero-shot LlamaRec (no reranker training in this CLI): the shared candidates reranked by the verbalizer, and
+    the two-stage ranking over all items (SASRec top ``n``, reranked). Two LLM passes per row."""
+    from reimpl.ilora.sasrec import load_checkpoint
+    from reimpl.teachers import llamarec
+
+    d = common.load_lastfm(opts.data_dir)
+    sets = {k: v for k, v in eval_sets(d, opts).items() if k in splits}
+    sas = load_checkpoint(opts.sasrec_ckpt, mode="fixed")
+    if opts.llm == "tiny":
+        from reimpl.llm.tiny import load_tiny_tokenizer, tiny_llama
+
+        tok = load_tiny_tokenizer()
+        llm, mid = tiny_llama(seed=0, vocab_size=len(tok)), "tiny-llama-seed0"
+    else:
+        from reimpl.llm.real import load_smollm2
+
+        (llm, tok), mid = load_smollm2(), SMOLLM2_ID
+    name = opts.name or f"llamarec-{opts.llm}-zeroshot"
+    rec = {"teacher": name, "method": "llamarec", "config": dataclasses.asdict(cfg),
+           "options": dataclasses.asdict(opts),
+           "env": _env(opts), "command": " ".join(sys.argv), "encoder": {"llm": mid},
+           "train": {"rows": 0, "note": "zero-shot: the verbalizer reads the untuned LLM"}, "eval": {},
+           "sasrec_bar": sasrec_bar(sas, sets, opts)}
+    t0, n_rows, tokens = time.perf_counter(), 0, 0
+    for k, r in sets.items():
+        hists = [r.history(i) for i in range(len(r))]
+        cands = torch.as_tensor(common.candidates(r, opts.n_cands, opts.cand_seed))
+        with torch.no_grad():
+            cs = llamarec.rerank(llm, tok, d.titles, hists, cands)
+            retr = common.sasrec_scores(sas, r).double()
+            for i, h in enumerate(hists):
+                if h:
+                    retr[i, h] = -torch.inf
+            top = retr.topk(cfg.n_cands, dim=1).indices
+            full = llamarec.two_stage_scores(retr.clamp_min(-1e9), llamarec.rerank(llm, tok, d.titles, hists, top),
+                                             top)
+        rec["eval"][k] = common.evaluate_scores(full, cs, cands.numpy(), r.next, hists)
+        rec["eval"][k]["stage1_recall@n"] = float((top == torch.as_tensor(r.next)[:, None]).any(1).double().mean())
+        n_rows += len(r)
+        tokens += sum(len(tok(llamarec.prompt(d.titles, h, c.tolist()))["input_ids"]) for h, c in zip(hists, cands))
+    secs = time.perf_counter() - t0
+    rec["eval_s"] = round(secs, 2)
+    rec["export_rows_per_s"] = round(n_rows / secs, 3)
+    rec["eval_tokens_per_s"] = round(2 * tokens / secs, 1)
+    rec["env"]["load_at_end"] = _load()
+    return _write(opts.results_dir, name, rec)
+
+
 def run_sasrec(opts: RunOptions) -> Path:
     from reimpl.ilora.sasrec import load_checkpoint
 
@@ -282,16 +332,23 @@ def main(argv=None) -> int:
     pe = sub.add_parser("e4srec")
     add_dataclass_arguments(pe, e4srec.E4SRecConfig)
     add_dataclass_arguments(pe, RunOptions, skip=("seed",))
+    pl = sub.add_parser("llamarec")
+    add_dataclass_arguments(pl, RunOptions, skip=("n_cands",))
+    pl.add_argument("--splits", default="val,test", help="eval sets among heldout,val,test (default: val,test)")
     ps = sub.add_parser("sasrec")
     add_dataclass_arguments(ps, RunOptions)
     a = p.parse_args(argv)
-    parser = {"dense": pd, "e4srec": pe, "sasrec": ps}[a.cmd]
+    parser = {"dense": pd, "e4srec": pe, "llamarec": pl, "sasrec": ps}[a.cmd]
     opts = build(parser, lambda: from_namespace(RunOptions, a))
     torch.set_num_threads(opts.threads)
     if a.cmd == "dense":
         out = run_dense(build(parser, lambda: from_namespace(dense.DenseConfig, a)), opts)
     elif a.cmd == "e4srec":
         out = run_e4srec(build(parser, lambda: from_namespace(e4srec.E4SRecConfig, a)), opts)
+    elif a.cmd == "llamarec":
+        from reimpl.teachers.llamarec import LlamaRecConfig
+
+        out = run_llamarec(LlamaRecConfig(n_cands=opts.n_cands), opts, tuple(a.splits.split(",")))
     else:
         out = run_sasrec(opts)
     print(out)
