@@ -255,7 +255,8 @@ def report(plan: ConvergedPlan = CONVERGED, store_root: str | None = None, out: 
                 finals = [recs.get(plan.run(c, s, g).run_id) for s in plan.seeds] if g is not None else []
                 done = [r for r in finals if r is not None]
                 row = {"model": m, "chosen": tag(g) if g is not None else "tuning pending",
-                       "tuning": [(t, None if r is None else best_row(r)["val"]["ndcg"][-1]) for t, r in tune],
+                       "tuning": [(t, None if r is None else (best_row(r)["val"]["ndcg"][-1],
+                                                            best_row(r)["test"]["ndcg"][-1])) for t, r in tune],
                        "n": len(done), "pending": len(plan.seeds) - len(done)}
                 for split in ("val", "test"):
                     for name, key, k in (("HR@10", "hr", 2), ("NDCG@10", "ndcg", 2), ("HR@20", "hr", 3),
@@ -265,8 +266,11 @@ def report(plan: ConvergedPlan = CONVERGED, store_root: str | None = None, out: 
                 row["stopped"] = sum(r["stopped_early"] for r in done)
                 row["train_s"] = ci95([r["timing"]["train_s"] for r in done]) if done else None
                 rows.append(row)
-                if done:
-                    curves[m] = [[(h["epoch"], h["val"]["ndcg"][-1]) for h in r["history"] if "val" in h] for r in done]
+                # learning curves of the final seeds; until those exist, of the finished tuning runs (seed 1)
+                shown = done or [r for _, r in tune if r is not None]
+                if shown:
+                    curves[m] = [[(h["epoch"], h["val"]["ndcg"][-1]) for h in r["history"] if "val" in h]
+                                 for r in shown]
             fig = None
             if curves:
                 fig = fig_dir / f"converged_curves_{d}_{o}.png"
