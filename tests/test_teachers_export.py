@@ -92,3 +92,9 @@ def test_ranking_from_scores():
     np.testing.assert_allclose(np.exp(-c).sum(1) < 1, True)
     r2, _ = ex.ranking_from_scores(s, 2, item_ids=torch.tensor([[7, 8, 9], [4, 5, 6]]))
     assert r2.tolist() == [[8, 9], [4, 6]]
+
+
+def test_cli_materialises_tocf(tmp_path):
+    p = ex.write_compact(tmp_path / "c.safetensors", _files(), ITEMS, n_train=6)
+    assert ex.main([str(p), str(tmp_path / "tocf"), "--item_num", str(ITEMS), "--n_train", "6"]) == 0
+    assert ex.read_tocf(tmp_path / "tocf", ITEMS, n_train=6).embeddings.shape == (ITEMS, 4096)

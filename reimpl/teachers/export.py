@@ -287,3 +287,23 @@ def ranking_from_scores(scores: torch.Tensor, k: int, item_ids: torch.Tensor | N
     conf = -(top.values - torch.logsumexp(s, dim=1, keepdim=True))
     ids = top.indices if item_ids is None else torch.as_tensor(item_ids).gather(1, top.indices)
     return ids.numpy().astype(np.int64), conf.numpy()
+
+
+def main(argv=None) -> int:
+    """``python -m reimpl.teachers.export COMPACT FOLDER [--item_num 4606] [--n_train 50800]``: the DLLM2Rec files
+    (``tocf/<data>/`` layout, embeddings padded to 4096) from a committed compact export."""
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m reimpl.teachers.export", description=main.__doc__)
+    ap.add_argument("compact")
+    ap.add_argument("folder")
+    ap.add_argument("--item_num", type=int, default=4606)
+    ap.add_argument("--n_train", type=int, default=50800)
+    ap.add_argument("--pad_dim", type=int, default=PAD_DIM)
+    a = ap.parse_args(argv)
+    print(compact_to_tocf(a.compact, a.folder, a.item_num, a.n_train, pad_dim=a.pad_dim))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -38,6 +39,8 @@ def load_results(folder: Path = RESULTS, root: Path = ROOT) -> list[dict]:
     for p in sorted(Path(folder).glob("*.json")):
         r = json.loads(p.read_text())
         r["_file"] = str(p.relative_to(root))
+        if "command" in r:   # runs started as a script path record argv[0] as that path
+            r["command"] = re.sub(r"^\S*reimpl/teachers/run\.py", "python -m reimpl.teachers.run", r["command"])
         if "eval" in r:
             r["pooled"] = _pooled(r["eval"])
             if "sasrec_bar" in r:

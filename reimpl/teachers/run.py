@@ -130,6 +130,18 @@ def _export(folder: str, name: str, scores_fn, d: common.LastFM, emb: torch.Tens
 
 
 # ------------------------------------------------------------------------------------------------- encoders
+def _smollm2():
+    from reimpl.llm.real import load_smollm2
+
+    return load_smollm2()
+
+
+def _command() -> str:
+    return "python -m reimpl.teachers.run " + " ".join(_ARGV)
+
+
+_ARGV: list[str] = []
+
 def item_vectors(d: common.LastFM, opts: RunOptions, pooling: str) -> tuple[torch.Tensor, dict]:
     """``[I, d_llm]`` frozen text vectors of every item title (cached)."""
     titles = [d.titles[i] for i in range(d.item_num)]
@@ -154,10 +166,10 @@ def item_vectors(d: common.LastFM, opts: RunOptions, pooling: str) -> tuple[torc
         tok = load_tiny_tokenizer()
         model, mid = tiny_llama(seed=0, vocab_size=len(tok)), "tiny-llama-seed0"
     else:
-        from reimpl.llm.real import load_smollm2
-
-        model, tok = load_smollm2()
         mid = SMOLLM2_ID
+        folder = RUNS / "teachers" / "enc" / f"{mid}-items"
+        done = all((folder / f"chunk_{c:05d}.npz").is_file() for c in range(-(-len(titles) // 512)))
+        model, tok = (None, None) if done else _smollm2()   # a complete cache needs no model (meta.json pins it)
     from reimpl.teachers.encode import encode_cached
 
     last, mean, st = encode_cached(RUNS / "teachers" / "enc" / f"{mid}-items", model, tok, titles, mid, chunk=512,
@@ -173,7 +185,7 @@ def run_dense(cfg: dense.DenseConfig, opts: RunOptions) -> Path:
     sets = eval_sets(d, opts)
     name = opts.name or (f"dense-{opts.llm}-{cfg.pooling}" + ("-id" if cfg.id_embeddings else ""))
     rec = {"teacher": name, "method": "dense", "config": dataclasses.asdict(cfg), "options": dataclasses.asdict(opts),
-           "env": _env(opts), "command": " ".join(sys.argv)}
+           "env": _env(opts), "command": _command()}
     require(cfg.user_encoder == "items", "--user_encoder",
             "'items' in this CLI (the 'llm' user tower needs one LLM pass per row; see the module)", cfg.user_encoder)
     x, rec["encoder"] = item_vectors(d, opts, cfg.pooling)
@@ -238,7 +250,7 @@ def run_e4srec(cfg: e4srec.E4SRecConfig, opts: RunOptions) -> Path:
         tmp.replace(ck)
 
     rec = {"teacher": name, "method": "e4srec", "config": dataclasses.asdict(cfg), "options": dataclasses.asdict(opts),
-           "env": _env(opts), "command": " ".join(sys.argv),
+           "env": _env(opts), "command": _command(),
            "encoder": {"llm": SMOLLM2_ID if opts.llm == "smollm2" else "tiny-llama-seed0",
                        "trainable_params": sum(p.numel() for _, p in model.trainable())}}
     info = e4srec.train_e4srec(model, tr.seqs, tr.next, d.item_num, log=lambda m: print(m, flush=True),
@@ -282,7 +294,7 @@ def run_llamarec(cfg, opts: RunOptions, splits: tuple[str, ...]) -> Path:
     name = opts.name or f"llamarec-{opts.llm}-zeroshot"
     rec = {"teacher": name, "method": "llamarec", "config": dataclasses.asdict(cfg),
            "options": dataclasses.asdict(opts),
-           "env": _env(opts), "command": " ".join(sys.argv), "encoder": {"llm": mid},
+           "env": _env(opts), "command": _command(), "encoder": {"llm": mid},
            "train": {"rows": 0, "note": "zero-shot: the verbalizer reads the untuned LLM"}, "eval": {},
            "sasrec_bar": sasrec_bar(sas, sets, opts)}
     t0, n_rows, tokens = time.perf_counter(), 0, 0
@@ -317,7 +329,7 @@ def run_sasrec(opts: RunOptions) -> Path:
     sets = eval_sets(d, opts)
     sas = load_checkpoint(opts.sasrec_ckpt, mode="fixed")
     rec = {"teacher": "sasrec", "method": "sasrec", "options": dataclasses.asdict(opts), "env": _env(opts),
-           "command": " ".join(sys.argv), "eval": sasrec_bar(sas, sets, opts),
+           "command": _command(), "eval": sasrec_bar(sas, sets, opts),
            "note": "rec_model/lastfm.pt as shipped by iLoRA; trained by its authors on the whole train split, "
                    "held-out rows included"}
     return _write(opts.results_dir, opts.name or "sasrec", rec)
@@ -338,6 +350,7 @@ def main(argv=None) -> int:
     ps = sub.add_parser("sasrec")
     add_dataclass_arguments(ps, RunOptions)
     a = p.parse_args(argv)
+    _ARGV[:] = list(sys.argv[1:] if argv is None else argv)
     parser = {"dense": pd, "e4srec": pe, "llamarec": pl, "sasrec": ps}[a.cmd]
     opts = build(parser, lambda: from_namespace(RunOptions, a))
     torch.set_num_threads(opts.threads)
