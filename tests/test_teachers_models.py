@@ -106,8 +106,8 @@ def test_e4srec_prompt_scores_and_training(tiny, num_moe, gate):
 
 
 def test_llamarec_rerank_one_pass_and_two_stage(tiny):
-    from reimpl.teachers import llamarec
     from reimpl.llm.tiny import load_tiny_tokenizer
+    from reimpl.teachers import llamarec
 
     llm, _, _ = tiny
     tok = load_tiny_tokenizer()
