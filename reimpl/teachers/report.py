@@ -46,7 +46,7 @@ def load_results(folder: Path = RESULTS, root: Path = ROOT) -> list[dict]:
             if "sasrec_bar" in r:
                 r["bar_pooled"] = _pooled(r["sasrec_bar"])
         out.append(r)
-    order = {"sasrec": 0, "dense": 1, "e4srec": 2, "llamarec": 3, "ilora": 4}
+    order = {"sasrec": 0, "sasrec-retrained": 0, "dense": 1, "e4srec": 2, "llamarec": 3, "ilora": 4}
     return sorted(out, key=lambda r: (order.get(r["method"], 9), r["teacher"]))
 
 
@@ -62,8 +62,12 @@ def render(results: list[dict]) -> str:
     env.filters["p"] = fmt_p
     env.filters["f3"] = lambda x: f"{x:.3f}"
     trained = [r for r in results if r["method"] in ("dense", "e4srec", "llamarec")]
+    bars = [r for r in results if r["method"] in ("sasrec", "sasrec-retrained")]
+    for b in bars:
+        b["label"] = ("SASRec checkpoint (the bar)" if b["method"] == "sasrec"
+                      else f"SASRec retrained here, held-out rows unseen ({b['teacher']})")
     return env.get_template(TEMPLATE.name).render(
-        results=results, trained=trained, sets=SETS,
+        results=results, trained=trained, sets=SETS, bars=bars,
         sasrec=next((r for r in results if r["method"] == "sasrec"), None),
         ilora=next((r for r in results if r["method"] == "ilora"), None))
 
