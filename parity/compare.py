@@ -139,9 +139,3 @@ def compare_outputs(label: str, ours: dict[str, Any], ref: dict[str, Any], rtol:
             c.structural[k] = _deepdiff_text(json.loads(json.dumps(ours_s[k])), json.loads(json.dumps(ref_s[k])))
     return c
 
-
-def structural_diff(a: Any, b: Any) -> dict:
-    """DeepDiff of two JSON-able structures as a plain dict (for reports)."""
-    from deepdiff import DeepDiff
-
-    return json.loads(DeepDiff(a, b, verbose_level=2).to_json()) if DeepDiff(a, b) else {}

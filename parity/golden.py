@@ -7,7 +7,8 @@ inputs (reference code loaded from the verified ``ref_repositories/`` checkout) 
 - tensors ``in/<name>`` (array inputs) and ``out/<name>`` (numeric reference outputs);
 - metadata (strings): case, system, component, seed, dtype, ref_repo, ref_commit, the library
   versions, ``platform`` (CPU vendor/model, torch CPU capability, numpy SIMD targets in use, BLAS, MKL
-  and oneDNN builds, threads, kernel caps: ``parity/kernels.py``), ``params`` (JSON of the non-array inputs) and ``structural`` (JSON of the non-numeric
+  and oneDNN builds, threads, kernel caps: ``parity/kernels.py``), ``params`` (JSON of the non-array
+  inputs) and ``structural`` (JSON of the non-numeric
   reference outputs).
 
 Golden files are never written from reimpl: this module imports nothing from ``reimpl`` and

@@ -21,7 +21,8 @@ from parity.materialize import load_lock
 from parity.sections import SECTIONS, Section
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
-VERDICT_ORDER = ["Not reproduced", "Not verified (no case)", "Reproduced with declared deviation", "Reproduced", "Skipped", "Not applicable"]
+VERDICT_ORDER = ["Not reproduced", "Not verified (no case)", "Reproduced with declared deviation", "Reproduced",
+                 "Skipped", "Not applicable"]
 
 
 def fmt_err(x: float) -> str:
@@ -61,7 +62,8 @@ def ref_link(system: str, ref_line: str) -> str:
         path, a, b, _rest = m.groups()
         path = _resolve(spec, path)
         anchor = f"#L{a}" + (f"-L{b}" if b else "") if a else ""
-        parts.append(f"[`{part}`]({spec.url}/blob/{spec.commit}/{path}{anchor})" + (comment.group(0) if comment else ""))
+        link = f"[`{part}`]({spec.url}/blob/{spec.commit}/{path}{anchor})"
+        parts.append(link + (comment.group(0) if comment else ""))
     return "; ".join(parts)
 
 
@@ -112,7 +114,6 @@ def render(results, live_available: dict[str, bool]) -> str:
     env.globals.update(ref_link=ref_link, our_link=our_link)
     lock = load_lock()
     from parity.golden import library_versions
-
     from parity.kernels import describe, fingerprint
 
     golden_platforms = sorted({r.golden_platform or "unstamped" for r in results if "golden" in r.sources})

@@ -24,7 +24,6 @@ import numpy as np
 from parity import golden as G
 from parity.case import Case, all_cases, missing_needs
 from parity.compare import Comparison, compare_outputs
-
 from parity.kernels import describe, fingerprint, kernel_key
 from reimpl.paths import ROOT
 
@@ -239,7 +238,8 @@ def run_all(names: list[str] | None = None, live: bool = True, log=print) -> lis
     sys.dont_write_bytecode = True
     cases = all_cases()
     if names:
-        cases = {n: c for n, c in cases.items() if n in names or any(n.endswith("*") and c.name.startswith(n[:-1]) for n in names)}
+        cases = {n: c for n, c in cases.items()
+                 if n in names or any(p.endswith("*") and c.name.startswith(p[:-1]) for p in names)}
     systems = live_systems() if live else {}
     results = []
     for name, case in cases.items():

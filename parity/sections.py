@@ -45,7 +45,8 @@ SECTIONS: list[Section] = [
     ),
     Section(
         "iLoRA", "moe_lora", "LoRA linear combination (MoE-LoRA layer)",
-        reference="`model/peft/tuners/moelora.py`: each targeted projection (all 7 of q/k/v/o/gate/up/down) splits rank "
+        reference="`model/peft/tuners/moelora.py`: each targeted projection (all 7 of "
+                  "q/k/v/o/gate/up/down) splits rank "
                   "r into E experts of rank r/E; output = base(x) + Σ_e gate[b, e] · B_e(A_e(dropout(x))) · "
                   "lora_alpha / (r // E); exceptions inside the layer are swallowed (returns zeros).",
         ours="`reimpl/ilora/moe_lora.py`: a peft-style tuner layer that explicitly wraps a base `nn.Linear`; the gate "
@@ -56,8 +57,10 @@ SECTIONS: list[Section] = [
         "iLoRA", "injection", "LLM application and prompt (embedding injection)",
         reference="`MInterface.wrap_emb` replaces the embeddings of the placeholder tokens `[HistoryEmb]`, "
                   "`[CansEmb]`, `[ItemEmb]` in the prompt (`prompt/*.txt`, filled by the data module's collater) by "
-                  "the projected SASRec item embeddings (`model/mlp_projector.py`) and feeds `inputs_embeds` to the LLM.",
-        ours="`reimpl/ilora/projector.py` + `prompt.py`: the same projection and a vectorized scatter (cumsum + gather + "
+                  "the projected SASRec item embeddings (`model/mlp_projector.py`) and feeds `inputs_embeds` to the "
+                  "LLM.",
+        ours="`reimpl/ilora/projector.py` + `prompt.py`: the same projection and a vectorized "
+             "scatter (cumsum + gather + "
              "where; no Python loop over tokens); the case builds batches with the reference's own dataset and "
              "collater and compares `inputs_embeds` for the embedding, placeholder and validation prompts.",
     ),
@@ -78,7 +81,8 @@ SECTIONS: list[Section] = [
     ),
     Section(
         "iLoRA", "eval", "Generation evaluation (HR@1, ValidRatio)",
-        reference="`validation_step`/`test_step` generate an answer; `on_*_epoch_end` counts it valid when some candidate "
+        reference="`validation_step`/`test_step` generate an answer; `on_*_epoch_end` counts it "
+                  "valid when some candidate "
                   "title occurs in it and correct when the target's title does: HR@1 = correct/valid, ValidRatio = "
                   "valid/total.",
         ours="`reimpl/ilora/evaluate.py`: the same matching in faithful mode; fixed mode matches whole titles "
@@ -87,8 +91,10 @@ SECTIONS: list[Section] = [
     Section(
         "iLoRA", "teacher", "End-to-end teacher step (loss and gradients through MInterface)",
         reference="One `MInterface.forward` + backward with a tiny random Llama and the `train_lastfm.sh` settings "
-                  "(share router, Dense gating, moelora, 4 experts), on LastFM batches from the reference's data module.",
-        ours="`reimpl/ilora/teacher.py`: the composed teacher (LLM + MoE-LoRA + projector + router + frozen SASRec) gives "
+                  "(share router, Dense gating, moelora, 4 experts), on LastFM batches from the reference's data "
+                  "module.",
+        ours="`reimpl/ilora/teacher.py`: the composed teacher (LLM + MoE-LoRA + projector + router + "
+             "frozen SASRec) gives "
              "the same loss and the same gradients on every trainable tensor (float64).",
     ),
     Section(

@@ -133,16 +133,17 @@ def test_golden_from_another_platform_is_compared_at_its_cross_platform_toleranc
     gold = G.load(case.name)
     other = dict(gold.platform, cpu_model="Other CPU", torch_cpu_capability="AVX2")
     assert kernel_key(other) != kernel_key(fingerprint())
-    for scale, expected in ((0.5, ""), (3.0, R.FAIL_PLATFORM)):
-        moved = {k: (v + scale * case.xplat_atol if isinstance(v, np.ndarray) and v.dtype.kind == "f" else v)
-                 for k, v in gold.outputs.items()}
-
+    def fake_golden(moved: dict):
         class Fake(G.Golden):
             def __init__(self, path):
                 self.path, self.meta = path, dict(gold.meta, platform=json.dumps(other))
                 self.inputs, self.input_digests, self.outputs = gold.inputs, gold.input_digests, moved
+        return Fake
 
-        monkeypatch.setattr(G, "Golden", Fake)
+    for scale, expected in ((0.5, ""), (3.0, R.FAIL_PLATFORM)):
+        moved = {k: (v + scale * case.xplat_atol if isinstance(v, np.ndarray) and v.dtype.kind == "f" else v)
+                 for k, v in gold.outputs.items()}
+        monkeypatch.setattr(G, "Golden", fake_golden(moved))
         r = R.run_case(case, live=bool(R.live_systems().get(case.system)))
         if "live" not in r.sources and expected:
             expected = R.FAIL_UNDECIDED

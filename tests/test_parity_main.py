@@ -11,7 +11,6 @@ import sys
 import pytest
 
 from parity import run as R
-
 from reimpl.paths import ROOT
 
 

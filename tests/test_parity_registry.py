@@ -13,8 +13,8 @@ from parity.case import DEFAULT_TOL, all_cases
 from parity.materialize import load_lock
 from parity.report import _resolve
 from reimpl.deviations import all_deviations
-
 from reimpl.paths import ROOT
+
 CASES = all_cases()
 DEVS = all_deviations()
 

@@ -3,7 +3,6 @@ loss composition ``bce + alpha * mean(dro) + lam * rd`` for several (alpha, lam)
 
 from __future__ import annotations
 
-import numpy as np
 import pandas as pd
 import torch
 
@@ -105,7 +104,8 @@ def run_reimpl_compose(inputs: dict, mode: str) -> dict:
 COMMON = dict(system="DLLM2Rec", seed=2024, make_inputs=make_inputs)
 
 register(Case(
-    name="dllm2rec.rd_weights", component="ranking_distillation", title="Ranking-distillation weights (position, confidence, consistency)",
+    name="dllm2rec.rd_weights", component="ranking_distillation",
+    title="Ranking-distillation weights (position, confidence, consistency)",
     ref_lines=["main.py:434-459"], reimpl_symbol="reimpl/dllm2rec/weights.py:rd_weights", dtype="float32",
     run_reference=run_reference_weights, run_reimpl=run_reimpl_weights,
     description="Weights [B, K]; the reference builds them in float32 (arange float32, int + 1e-8, "
@@ -113,7 +113,8 @@ register(Case(
                 "student's top-K (consistency uses a full argsort of -scores).", **COMMON))
 
 register(Case(
-    name="dllm2rec.rd_loss", component="ranking_distillation", title="Ranking-distillation loss over K candidates (BCE + DRO)",
+    name="dllm2rec.rd_loss", component="ranking_distillation",
+    title="Ranking-distillation loss over K candidates (BCE + DRO)",
     ref_lines=["main.py:461-485"], reimpl_symbol="reimpl/dllm2rec/losses.py:rd_loss", dtype="float64",
     run_reference=run_reference_loss, run_reimpl=run_reimpl_loss,
     deviations=["DLLM2REC-RD-NEG-TERM", "DLLM2REC-RD-DRO-BROADCAST"],

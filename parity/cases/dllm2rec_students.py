@@ -80,7 +80,8 @@ COMMON = dict(system="DLLM2Rec", make_inputs=make_inputs,
                           "DLLM2REC-FC-4096-64"])
 
 register(Case(
-    name="dllm2rec.students_forward", component="students", title="Students forward (GRU, Caser, SASRec), no teacher embeddings",
+    name="dllm2rec.students_forward", component="students",
+    title="Students forward (GRU, Caser, SASRec), no teacher embeddings",
     reimpl_symbol="reimpl/models/{gru,caser,sasrec}.py:GRU,Caser,SASRec", seed=2024, dtype="float64",
     run_reference=run_reference, run_reimpl=run_reimpl,
     description="Initial weights under one seed, state-dict names+shapes (deepdiff), and scores [B, I] "
@@ -88,7 +89,8 @@ register(Case(
     **COMMON))
 
 register(Case(
-    name="dllm2rec.students_forward_ed", component="injection", title="Students forward with collaborative embedding injection",
+    name="dllm2rec.students_forward_ed", component="injection",
+    title="Students forward with collaborative embedding injection",
     reimpl_symbol="reimpl/dllm2rec/injection.py:inject,lookup_llm_emb", seed=2025, dtype="float32",
     run_reference=lambda i: run_reference(i, True, torch.float32),
     run_reimpl=lambda i, m: run_reimpl(i, m, True, torch.float32),

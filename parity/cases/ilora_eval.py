@@ -14,7 +14,7 @@ _TITLES = ["Queen", "Queens of the Stone Age", "Muse", "Museum of Love", "Blur",
 def make_inputs(seed: int) -> dict:
     rnd = random.Random(seed)
     generate, real, cans = [], [], []
-    for i in range(64):
+    for _ in range(64):
         c = rnd.sample(_TITLES, rnd.randint(1, 6))
         r = rnd.choice(c) if rnd.random() < 0.8 else rnd.choice(_TITLES)
         kind = rnd.random()

@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 
 from parity.case import Case, register
-
 from reimpl.paths import SHARED
+
 SEED = 2024
 BATCH_KEYS = ("input_ids", "seq", "cans", "item_id", "len_seq", "len_cans")
 

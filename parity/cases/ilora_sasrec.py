@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from parity.case import Case, register
-
 from reimpl.paths import SHARED
+
 SEED = 2024
 
 

@@ -52,7 +52,6 @@ from dataclasses import dataclass
 from typing import Iterator
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from reimpl.deviations import check_mode
@@ -84,7 +83,8 @@ class MoeLoraConfig:
         check_mode(self.mode)
         self.target_modules = tuple(self.target_modules)
         if int(self.r) != self.r or int(self.num_moe) != self.num_moe:
-            raise ValueError(f"MoeLoraConfig: r and num_moe must be integers, got r={self.r!r}, num_moe={self.num_moe!r}")
+            raise ValueError(f"MoeLoraConfig: r and num_moe must be integers, got r={self.r!r}, "
+                             f"num_moe={self.num_moe!r}")
         self.r, self.num_moe = int(self.r), int(self.num_moe)
         if self.num_moe < 1 or self.r < self.num_moe:
             # the reference divides by r // num_moe (moelora.py:618): ZeroDivisionError when r < num_moe
@@ -264,7 +264,7 @@ class MoeLoraLinear(nn.Module):
         (``moelora.py:718-732``). fixed: ``gate`` ``[E]`` required, ``W += B diag(g) A * scaling``.
         """
         if self.merged:
-            warnings.warn("MoE-LoRA layer is already merged; merge() does nothing.")
+            warnings.warn("MoE-LoRA layer is already merged; merge() does nothing.", stacklevel=2)
             return
         a = self.lora_A[self.adapter].weight
         b = self.lora_B[self.adapter].weight
@@ -283,7 +283,7 @@ class MoeLoraLinear(nn.Module):
     def unmerge(self) -> None:
         """Subtract what :meth:`merge` added (``moelora.py:734-748``)."""
         if not self.merged:
-            warnings.warn("MoE-LoRA layer is not merged; unmerge() does nothing.")
+            warnings.warn("MoE-LoRA layer is not merged; unmerge() does nothing.", stacklevel=2)
             return
         if self.cfg.mode == "faithful":  # recomputed from the current weights, as the reference
             delta = self.lora_B[self.adapter].weight @ self.lora_A[self.adapter].weight * self.scaling
@@ -351,18 +351,6 @@ class MoeLoraModel(nn.Module):
 
     def get_input_embeddings(self) -> nn.Module:
         return self.model.get_input_embeddings()
-
-    def merge_adapter(self, gate: torch.Tensor | None = None) -> None:
-        for m in self.layers():
-            m.merge(gate)
-
-    def unmerge_adapter(self) -> None:
-        for m in self.layers():
-            m.unmerge()
-
-    def set_adapters_enabled(self, enabled: bool) -> None:
-        for m in self.layers():
-            m.disable_adapters = not enabled
 
 
 def wrap_moe_lora(model: nn.Module, cfg: MoeLoraConfig | None = None) -> MoeLoraModel:
