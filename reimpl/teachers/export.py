@@ -225,6 +225,7 @@ def write_compact(path: str | Path, files: TeacherFiles, item_num: int, n_train:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     save_file(t, str(tmp), metadata=md)
+    os.chmod(tmp, 0o644)   # safetensors creates the file private; a results store is read by everyone
     os.replace(tmp, path)
     return path
 
