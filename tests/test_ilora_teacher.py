@@ -235,3 +235,47 @@ def test_fixed_mode_trains_through_text_only_curriculum_batches(lastfm, tmp_path
                        mode="fixed")
     r = train(t, LastFMData(cfg, "train"), prompts, tcfg, ckpt_dir=tmp_path, progress=False)
     assert len(r.losses) == 4 and all(np.isfinite(r.losses))
+
+
+@pytest.mark.parametrize("mode,steps,batches", [("faithful", 1, 3), ("fixed", 2, 4)])
+def test_max_steps_stop(lastfm, mode, steps, batches):
+    """8 rows, batch 2, accumulation 3: main.py:50 gives max_steps = 8 // 6 = 1 and Lightning stops there
+    (faithful, ILORA-MAX-STEPS-STOP); fixed takes the epoch's ceil(4 / 3) = 2 steps."""
+    cfg, prompts = lastfm
+    tcfg = TrainConfig(batch_size=2, accumulate_grad_batches=3, max_epochs=1, limit_rows=8, mode=mode)
+    r = train(_teacher(mode), LastFMData(cfg, "train"), prompts, tcfg, progress=False)
+    assert (r.global_step, len(r.losses)) == (steps, batches)
+
+
+def test_checkpoint_keeps_a_frozen_projector(tmp_path):
+    """train() freezes the projector on text-only batches; a checkpoint written then must still hold it, or a
+    resume into a fresh teacher restarts from the initial projector (found by the reference audit)."""
+    from reimpl.ilora.optim import OptimConfig, build_optimizer, param_groups
+    from reimpl.ilora.train import _rng_state, load_checkpoint, save_checkpoint
+
+    t = _teacher()
+    opt = build_optimizer(param_groups(t.projector.named_parameters(), t.router.named_parameters(),
+                                       t.llama_model.named_parameters(), OptimConfig()))
+    with torch.no_grad():
+        for p in t.projector.parameters():
+            p.add_(0.5)
+    t.projector.requires_grad_(False)
+    path = save_checkpoint(tmp_path / "last.ckpt", t, opt, None, 0, 1, 1,
+                           _rng_state(random.Random(0), torch.Generator()), TrainConfig())
+    u = _teacher()
+    load_checkpoint(path, u)
+    for (n, p), (_, q) in zip(t.projector.named_parameters(), u.projector.named_parameters()):
+        assert torch.equal(p, q), n
+
+
+def test_test_split_drops_last_partial_batch(lastfm):
+    """ILORA-TEST-DROP-LAST: faithful scores 4 of 5 test rows at batch 2 (data_interface.py:152-160)."""
+    cfg, prompts = lastfm
+    tok = _teacher().tokenizer
+    data = LastFMData(cfg, "test")
+
+    def rows(mode, split):
+        return sum(len(b["len_seq"]) if "len_seq" in b else len(b["item_id"])
+                   for b in eval_batches(data, tok, prompts, list(range(5)), 2, 0, mode, split=split))
+
+    assert (rows("faithful", "test"), rows("fixed", "test"), rows("faithful", "val")) == (4, 5, 5)

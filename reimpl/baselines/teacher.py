@@ -306,7 +306,8 @@ def _evaluate(spec: TeacherSpec, teacher, prompts, dcfg, out: Path, phases: Sequ
         t = time.perf_counter()
         with torch.no_grad():
             res, gens = teacher.evaluate(eval_batches(data, teacher.tokenizer, prompts, list(range(n)), spec.batch_size,
-                                                      spec.seed, spec.mode), max_new_tokens=spec.max_new_tokens)
+                                                      spec.seed, spec.mode, split=split),
+                                         max_new_tokens=spec.max_new_tokens)
         evals[split] = {"split": split, "rows": res.n_rows, "hr1": res.hr1, "valid_ratio": res.valid_ratio,
                         "metric": res.metric, "n_valid": res.n_valid, "n_correct": res.n_correct,
                         "seconds": time.perf_counter() - t, "generations": gens}

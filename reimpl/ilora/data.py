@@ -142,9 +142,15 @@ def curriculum_prob(batch_in_epoch: int, global_batch: int, total_batches: int, 
 
 
 def eval_batches(data: LastFMData, tokenizer, prompts, rows: Sequence[int], batch_size: int, seed: int,
-                 mode: str, terminator: str = "\n"):
-    """Evaluation batches (prompt only, embedding placeholders), as the val/test loaders (no shuffle)."""
+                 mode: str, terminator: str = "\n", split: str = "val"):
+    """Evaluation batches (prompt only, embedding placeholders), as the val/test loaders (no shuffle).
+
+    faithful: the test loader drops its last partial batch (data_interface.py:152-160, ``drop_last=True``;
+    LastFM test at batch 8 scores 120 of 122 rows); fixed scores every row (ILORA-TEST-DROP-LAST)."""
+    check_mode(mode)
     py = random.Random(seed)
+    if mode == "faithful" and split == "test":
+        rows = rows[:len(rows) // batch_size * batch_size]
     for s in range(0, len(rows), batch_size):
         samples = [data.sample(i, py, mode) for i in rows[s:s + batch_size]]
         yield collate(samples, tokenizer, prompts, py, train=False, terminator=terminator)

@@ -83,3 +83,40 @@ LASTFM_ONE_CANDIDATE = declare(Deviation(
     effect_note="tests/test_ilora_teacher.py::test_lastfm_candidates (faithful: 1 candidate, target never "
                 "in it; fixed: cans_num candidates, target always in it).",
 ))
+
+declare(Deviation(
+    id="ILORA-MAX-STEPS-STOP", system="iLoRA",
+    ref="main.py:50,57",
+    what="max_steps = len(trainset) * max_epochs // (accumulate_grad_batches * batch_size) is passed to the "
+         "Trainer beside max_epochs; Lightning stops at the first of the two, and the cosine schedule is sized "
+         "by max_steps.",
+    why="Whenever (N // batch_size) % accumulate_grad_batches != 0 the run ends before its last epoch(s) and "
+        "the schedule does not match the steps an epoch holds (320 rows, batch 8, accumulation 16: 2 steps "
+        "instead of 3).",
+    fixed="Every epoch runs; the schedule is sized by the optimizer steps really taken, "
+          "max_epochs * ceil(batches per epoch / accumulate_grad_batches).",
+    effect_note="tests/test_ilora_teacher.py::test_max_steps_stop (8 rows, batch 2, accumulation 3: faithful 1 "
+                "step after 3 batches, fixed 2 steps after 4).",
+))
+
+declare(Deviation(
+    id="ILORA-DDP-GLOBAL-SCHEDULE", system="iLoRA",
+    ref="main.py:50; data/data_interface.py:135",
+    what="max_steps and the curriculum's max_step are computed from the whole train set on every DDP process, "
+         "while each process sees N / W rows.",
+    why="On W processes the schedule is W times too long: the cosine LR ends at 0.546 (W=2) / 0.894 (W=4) "
+        "of its peak instead of the minimum, and the curriculum ramps W times too slowly.",
+    fixed="The schedule and the curriculum are sized by this process's own batches.",
+    effect_note="Single-process runs are unaffected; measured on the reference in docs/reference-audit.md "
+                "(tests/test_reference_audit.py).",
+))
+
+declare(Deviation(
+    id="ILORA-TEST-DROP-LAST", system="iLoRA",
+    ref="data/data_interface.py:152-160",
+    what="The test DataLoader has drop_last=True (the val loader does not): the last partial batch of the test "
+         "split is never scored.",
+    why="Test HR@1 / ValidRatio leave out up to batch_size - 1 rows (LastFM test at batch 8: 120 of 122).",
+    fixed="Every test row is scored.",
+    effect_note="tests/test_ilora_teacher.py::test_test_split_drops_last_partial_batch.",
+))

@@ -126,7 +126,11 @@ def save_checkpoint(path: str | Path, teacher, optimizer, schedule, epoch: int, 
                     identity: dict | None = None) -> Path:
     """Trainable tensors only (``--save part``, model_interface.py:296-307) + optimizer/schedule/RNG state, written
     atomically (:func:`reimpl.checkpoint.save`); ``identity``: :func:`run_identity`, checked on resume."""
-    state = {n: p for n, p in teacher.named_parameters() if p.requires_grad}
+    # every tensor the optimizer trains, whatever its requires_grad now: train() freezes the projector on
+    # text-only batches, and a checkpoint written after one must still hold it (the reference's --save part
+    # loses it, docs/reference-audit.md)
+    trained = {id(p) for g in optimizer.param_groups for p in g["params"]}
+    state = {n: p for n, p in teacher.named_parameters() if id(p) in trained}
     buffers = dict(teacher.router.named_buffers())
     return ckpt_io.save(path, {"trainable": state, "router_buffers": buffers, "optimizer": optimizer.state_dict(),
                                "schedule": schedule.state_dict() if schedule is not None else None, "epoch": epoch,
@@ -206,8 +210,14 @@ def train(teacher, data: LastFMData, prompts: Sequence[str], cfg: TrainConfig, c
                          f"batch of {cfg.batch_size} otherwise; {getattr(data, 'source', 'train split')})")
     if cfg.limit_train_batches is not None:
         per_epoch = min(per_epoch, cfg.limit_train_batches)
-    total_steps = max_steps(n_local, cfg.max_epochs, cfg.accumulate_grad_batches, cfg.batch_size)
-    curriculum_max = cfg.max_epochs * (n_local // cfg.batch_size) // cfg.ref_num_workers
+    if cfg.mode == "faithful":
+        # main.py:50 and data_interface.py:135 count every row of the train set, on every process
+        # (ILORA-DDP-GLOBAL-SCHEDULE); Lightning then stops at max_steps (ILORA-MAX-STEPS-STOP)
+        total_steps = max_steps(n, cfg.max_epochs, cfg.accumulate_grad_batches, cfg.batch_size)
+        curriculum_max = cfg.max_epochs * (n // cfg.batch_size) // cfg.ref_num_workers
+    else:  # the optimizer steps this process really takes, and its own batches
+        total_steps = cfg.max_epochs * -(-per_epoch // cfg.accumulate_grad_batches)
+        curriculum_max = cfg.max_epochs * (n_local // cfg.batch_size) // cfg.ref_num_workers
     opt = build_optimizer(param_groups(teacher.projector.named_parameters(), teacher.router.named_parameters(),
                                        teacher.llama_model.named_parameters(), cfg.optim))
     sched = WarmupCosineSchedule.from_config(opt, cfg.optim, max(total_steps, 1)) if cfg.optim.lr_scheduler else None
@@ -236,6 +246,8 @@ def train(teacher, data: LastFMData, prompts: Sequence[str], cfg: TrainConfig, c
         bar = tqdm(range(b0 if epoch == epoch0 else 0, per_epoch), desc=f"epoch {epoch}", disable=not progress,
                    leave=False) if main_proc else range(b0 if epoch == epoch0 else 0, per_epoch)
         for b in bar:
+            if cfg.mode == "faithful" and step >= total_steps:
+                break  # Lightning's max_steps (main.py:57) ends training mid-epoch
             if sched is not None:
                 lrs.append(sched.step(step, epoch, max(total_steps, 1)))
             p = curriculum_prob(b, epoch * per_epoch + b, cfg.max_epochs * per_epoch, curriculum_max,
@@ -268,6 +280,8 @@ def train(teacher, data: LastFMData, prompts: Sequence[str], cfg: TrainConfig, c
         if accelerator is not None:
             accelerator.wait_for_everyone()
         b0 = 0
+        if cfg.mode == "faithful" and step >= total_steps:
+            break
     return TrainResult(step, losses, lrs, emb_batches, done, time.perf_counter() - t0, str(ckpt) if ckpt else None)
 
 
@@ -499,7 +513,7 @@ def run_eval(teacher, o: RunOptions, tcfg: TrainConfig, inputs: dict, report: di
         t = time.perf_counter()
         n = len(d) if o.eval_rows is None else min(o.eval_rows, len(d))
         res, _ = teacher.evaluate(eval_batches(d, teacher.tokenizer, inputs["prompts"], list(range(n)),
-                                               tcfg.batch_size, tcfg.seed, tcfg.mode),
+                                               tcfg.batch_size, tcfg.seed, tcfg.mode, split=split),
                                   max_new_tokens=o.max_new_tokens)
         timings[f"eval_{split}_s"] = time.perf_counter() - t
         report[split] = {"hr1": res.hr1, "valid_ratio": res.valid_ratio, "metric": res.metric,
