@@ -66,7 +66,9 @@ def render(results: list[dict]) -> str:
     for b in bars:
         b["label"] = ("SASRec checkpoint (the bar)" if b["method"] == "sasrec"
                       else f"SASRec retrained here, held-out rows unseen ({b['teacher']})")
-    return env.get_template(TEMPLATE.name).render(
+    pooled = [r for r in trained if r.get("pooled")]
+    best = max(pooled, key=lambda r: r["pooled"]["rate"]) if pooled else None
+    return env.get_template(TEMPLATE.name).render(best=best,
         results=results, trained=trained, sets=SETS, bars=bars,
         sasrec=next((r for r in results if r["method"] == "sasrec"), None),
         ilora=next((r for r in results if r["method"] == "ilora"), None))
