@@ -256,6 +256,13 @@ def run_e4srec(cfg: e4srec.E4SRecConfig, opts: RunOptions) -> Path:
     info = e4srec.train_e4srec(model, tr.seqs, tr.next, d.item_num, log=lambda m: print(m, flush=True),
                                checkpoint=save, start_step=start, curve=curve)
     rec["train"] = {"rows": len(tr), "resumed_at_step": start, **info}
+    prev = Path(opts.results_dir) / f"{name}.json"
+    if start == info["steps"] and prev.is_file():
+        # a finished run re-entered (e.g. to add --export): keep the record of the training that produced it
+        old = json.loads(prev.read_text())
+        if old.get("config") == rec["config"] and old.get("train", {}).get("rows") == len(tr):
+            rec["train"] = old["train"]
+            rec["train_command"] = old.get("train_command", old.get("command"))
     t0 = time.perf_counter()
     rec["eval"] = {}
     n_eval = 0
