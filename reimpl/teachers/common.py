@@ -73,7 +73,7 @@ def load_lastfm(data_dir: str | Path, item_num: int = LASTFM_ITEMS) -> LastFM:
     out = {}
     for name in ("train", "val", "test"):
         s = ds[name]
-        out[name] = Rows(name, np.asarray(s.seqs), np.asarray(s.next), np.arange(s.n), item_num)
+        out[name] = Rows(name, np.array(s.seqs), np.array(s.next), np.arange(s.n), item_num)   # writable copies
     return LastFM(out["train"], out["val"], out["test"], titles, item_num, str(data_dir))
 
 
