@@ -175,6 +175,33 @@ class TrainResult:
     checkpoint: str | None = None
 
 
+def _epoch_sizes(data, cfg: TrainConfig, world: int) -> tuple[int, int, int]:
+    """(train rows, rows per process and epoch, batches per epoch: drop_last=True, capped by
+    ``limit_train_batches``)."""
+    n = len(data) if cfg.limit_rows is None else min(len(data), cfg.limit_rows)
+    n_local = n // world
+    per_epoch = n_local // cfg.batch_size
+    if per_epoch == 0:
+        raise ValueError(f"--batch_size: expected at most the {n} train rows per process (drop_last: no full "
+                         f"batch of {cfg.batch_size} otherwise; {getattr(data, 'source', 'train split')})")
+    if cfg.limit_train_batches is not None:
+        per_epoch = min(per_epoch, cfg.limit_train_batches)
+    return n, n_local, per_epoch
+
+
+def _schedule_sizes(cfg: TrainConfig, n: int, n_local: int, per_epoch: int) -> tuple[int, int]:
+    """(optimizer steps the LR schedule spans, the curriculum's max_step).
+
+    faithful: main.py:50 and data_interface.py:135 count every row of the train set, on every process
+    (ILORA-DDP-GLOBAL-SCHEDULE), and Lightning stops at max_steps (ILORA-MAX-STEPS-STOP). fixed: the optimizer
+    steps this process really takes, and its own batches."""
+    if cfg.mode == "faithful":
+        return (max_steps(n, cfg.max_epochs, cfg.accumulate_grad_batches, cfg.batch_size),
+                cfg.max_epochs * (n // cfg.batch_size) // cfg.ref_num_workers)
+    return (cfg.max_epochs * -(-per_epoch // cfg.accumulate_grad_batches),
+            cfg.max_epochs * (n_local // cfg.batch_size) // cfg.ref_num_workers)
+
+
 def train(teacher, data: LastFMData, prompts: Sequence[str], cfg: TrainConfig, ckpt_dir: str | Path | None = None,
           resume: str | Path | None = None, progress: bool = True, stop_after_batches: int | None = None,
           accelerator=None, batch_source: BatchSource | None = None) -> TrainResult:
@@ -202,22 +229,8 @@ def train(teacher, data: LastFMData, prompts: Sequence[str], cfg: TrainConfig, c
     source = batch_source or train_batches(data, teacher.tokenizer, prompts, cfg.mode, teacher.cfg.terminator)
     rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator is not None else (0, 1)
     model = accelerator.prepare_model(teacher) if accelerator is not None and world > 1 else teacher
-    n = len(data) if cfg.limit_rows is None else min(len(data), cfg.limit_rows)
-    n_local = n // world                                            # rows per process and epoch
-    per_epoch = n_local // cfg.batch_size                           # drop_last=True
-    if per_epoch == 0:
-        raise ValueError(f"--batch_size: expected at most the {n} train rows per process (drop_last: no full "
-                         f"batch of {cfg.batch_size} otherwise; {getattr(data, 'source', 'train split')})")
-    if cfg.limit_train_batches is not None:
-        per_epoch = min(per_epoch, cfg.limit_train_batches)
-    if cfg.mode == "faithful":
-        # main.py:50 and data_interface.py:135 count every row of the train set, on every process
-        # (ILORA-DDP-GLOBAL-SCHEDULE); Lightning then stops at max_steps (ILORA-MAX-STEPS-STOP)
-        total_steps = max_steps(n, cfg.max_epochs, cfg.accumulate_grad_batches, cfg.batch_size)
-        curriculum_max = cfg.max_epochs * (n // cfg.batch_size) // cfg.ref_num_workers
-    else:  # the optimizer steps this process really takes, and its own batches
-        total_steps = cfg.max_epochs * -(-per_epoch // cfg.accumulate_grad_batches)
-        curriculum_max = cfg.max_epochs * (n_local // cfg.batch_size) // cfg.ref_num_workers
+    n, n_local, per_epoch = _epoch_sizes(data, cfg, world)
+    total_steps, curriculum_max = _schedule_sizes(cfg, n, n_local, per_epoch)
     opt = build_optimizer(param_groups(teacher.projector.named_parameters(), teacher.router.named_parameters(),
                                        teacher.llama_model.named_parameters(), cfg.optim))
     sched = WarmupCosineSchedule.from_config(opt, cfg.optim, max(total_steps, 1)) if cfg.optim.lr_scheduler else None
