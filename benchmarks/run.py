@@ -26,6 +26,8 @@ from pathlib import Path
 
 from reimpl.paths import ROOT
 
+LOADED_NOTE = " (other jobs shared the machine: absolute times are noisy, the two sides of a row ran back to back)"
+
 
 def _measure(name: str, side: str, repeat: int, threads: int) -> dict:
     import torch
@@ -127,8 +129,9 @@ def main(argv: list[str] | None = None) -> int:
             res[side]["loadavg_1m_after"] = os.getloadavg()[0]
         speedup = res["reference"]["median_s"] / res["reimpl"]["median_s"]
         rows.append((name, BENCHMARKS[name], res, speedup))
-        print(f"{name:<40} ref {res['reference']['median_s']*1e3:10.2f} ms  reimpl {res['reimpl']['median_s']*1e3:10.2f} ms"
-              f"  x{speedup:6.1f}  peak RSS ref {res['reference']['peak_rss_mib']:.0f} MiB / reimpl {res['reimpl']['peak_rss_mib']:.0f} MiB")
+        ref, ours = res["reference"], res["reimpl"]
+        print(f"{name:<40} ref {ref['median_s']*1e3:10.2f} ms  reimpl {ours['median_s']*1e3:10.2f} ms"
+              f"  x{speedup:6.1f}  peak RSS ref {ref['peak_rss_mib']:.0f} MiB / reimpl {ours['peak_rss_mib']:.0f} MiB")
 
     load1 = os.getloadavg()
     cmd = "python -m benchmarks.run" + "".join(
@@ -141,13 +144,14 @@ def main(argv: list[str] | None = None) -> int:
              f"on {platform.machine()} with {os.cpu_count()} cores, {a.threads} torch thread(s); "
              f"Python {platform.python_version()}. Load average (1/5/15 min) {load0[0]:.1f}/{load0[1]:.1f}/"
              f"{load0[2]:.1f} at the start, {load1[0]:.1f}/{load1[1]:.1f}/{load1[2]:.1f} at the end"
-             f"{' (other jobs shared the machine: absolute times are noisy, the two sides of a row ran back to back)' if max(load0[0], load1[0]) > a.threads + 0.5 else ''}.",
+             f"{LOADED_NOTE if max(load0[0], load1[0]) > a.threads + 0.5 else ''}.",
              "",
              "Median of the timed calls after the warm-up call(s); each side in its own process (peak RSS = "
              "`ru_maxrss` of that process, imports and setup included). Speed-up = reference median / reimpl "
              "median. Identical inputs on both sides (see benchmarks/bench_*.py)." + (f" {a.note}" if a.note else ""),
              "",
-             "| Benchmark | What | Reference (median) | reimpl (median) | Speed-up | Goal | Peak RSS ref / reimpl (MiB) | n |",
+             "| Benchmark | What | Reference (median) | reimpl (median) | Speed-up | Goal "
+             "| Peak RSS ref / reimpl (MiB) | n |",
              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for name, b, res, sp in rows:
         if not b.goal:
@@ -156,9 +160,10 @@ def main(argv: list[str] | None = None) -> int:
             goal = ("no slower" if b.goal == 1 else f"≥{b.goal:g}×") + (" ✅" if sp >= b.goal else " ❌")
             if getattr(b, "issue", ""):
                 goal += f" ({b.issue})"
-        lines.append(f"| `{name}` | {b.what} | {_fmt_s(res['reference']['median_s'])} | {_fmt_s(res['reimpl']['median_s'])} "
-                     f"| {sp:.1f}× | {goal} | {res['reference']['peak_rss_mib']:.0f} / {res['reimpl']['peak_rss_mib']:.0f} "
-                     f"| {res['reference']['n']} / {res['reimpl']['n']} |")
+        ref, ours = res["reference"], res["reimpl"]
+        lines.append(f"| `{name}` | {b.what} | {_fmt_s(ref['median_s'])} | {_fmt_s(ours['median_s'])} "
+                     f"| {sp:.1f}× | {goal} | {ref['peak_rss_mib']:.0f} / {ours['peak_rss_mib']:.0f} "
+                     f"| {ref['n']} / {ours['n']} |")
     extra = [(n, b, r) for n, b, r, _ in rows if getattr(b, "per_call_scale", None)]
     if extra:
         lines += ["", "Extrapolated (not measured): median call time x scale.", "",

@@ -41,7 +41,7 @@ BENCHMARKS: dict[str, Benchmark] = {
         reference=D.ref_train, reimpl=D.reimpl_train, goal=10, repeat=3, issue="issue 5",
         note=_EPOCH, per_call_scale=D.EPOCH_BATCHES / D.TRAIN_BATCHES, scale_label="per epoch"),
     "dllm2rec.train_10_batches_ed": Benchmark(
-        what=f"as above + teacher embeddings [4606, 4096] injected (ed_weight 0.2)",
+        what="as above + teacher embeddings [4606, 4096] injected (ed_weight 0.2)",
         reference=D.ref_train_ed, reimpl=D.reimpl_train_ed, goal=10, repeat=3, issue="issue 5",
         note=_EPOCH, per_call_scale=D.EPOCH_BATCHES / D.TRAIN_BATCHES, scale_label="per epoch"),
     "dllm2rec.evaluate_games.faithful": Benchmark(

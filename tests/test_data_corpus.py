@@ -143,7 +143,8 @@ def test_unknown_name_needs_item_num(tmp_path):
 def test_titles_must_cover_items(tmp_path):
     d = _ilora_dir(tmp_path, _frame(GOOD, [2, 3], [7, 8]))
     (d / "id2name.txt").write_text("".join(f"{i}::t{i}\n" for i in range(19)))
-    with pytest.raises(DataError, match=r"id2name.txt: field 'id': expected titles for exactly ids 0..19.*missing \[19\]"):
+    with pytest.raises(DataError,
+                       match=r"id2name.txt: field 'id': expected titles for exactly ids 0..19.*missing \[19\]"):
         load_ilora(d, name="toy", item_num=20, seq_len=5)
 
 

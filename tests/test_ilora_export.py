@@ -9,10 +9,10 @@ import types
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from reimpl.ilora.export import (CONF_FILE, EMB_FILE, RANK_FILE, ranking_from_scores, read_tocf,
-                                 validate, write_tocf)
+from reimpl.ilora.export import CONF_FILE, EMB_FILE, RANK_FILE, ranking_from_scores, read_tocf, validate, write_tocf
 
 
 def _export(seed=0, n=7, k=5, item_num=50, d=12):

@@ -9,8 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from reimpl.ilora.projector import MlpProjector, encode_items, encode_users
-from reimpl.ilora.prompt import (PlaceholderIds, fill_prompt, inject_item_embeds, load_prompts, placeholder_ids,
-                                 wrap_emb)
+from reimpl.ilora.prompt import PlaceholderIds, fill_prompt, inject_item_embeds, load_prompts, placeholder_ids, wrap_emb
 from reimpl.ilora.sasrec import SASRec, SASRecConfig
 
 IDS = PlaceholderIds(his=101, cans=102, item=103)
@@ -127,7 +126,8 @@ def test_inject_errors():
     with pytest.raises(ValueError, match="more than one"):
         inject_item_embeds(emb, ids, IDS, z, z, torch.zeros(2, D), torch.ones(2), torch.ones(2))
     with pytest.raises(ValueError, match="his_embeds"):
-        inject_item_embeds(emb, ids * 0, IDS, torch.zeros(2, 1, D + 1), z, torch.zeros(2, D), torch.ones(2), torch.ones(2))
+        inject_item_embeds(emb, ids * 0, IDS, torch.zeros(2, 1, D + 1), z, torch.zeros(2, D), torch.ones(2),
+                           torch.ones(2))
     with pytest.raises(ValueError, match="len_seq"):
         inject_item_embeds(emb, ids * 0, IDS, z, z, torch.zeros(2, D), torch.tensor([-1, 0]), torch.ones(2))
     with pytest.raises(ValueError, match=r"\[\.\.\., 4\]"):

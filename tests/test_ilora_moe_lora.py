@@ -10,8 +10,13 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from reimpl.ilora.moe_lora import (GateContext, MoeLoraConfig, MoeLoraLinear, MoeLoraModel, to_reference_key,
-                                   wrap_moe_lora)
+from reimpl.ilora.moe_lora import (
+    GateContext,
+    MoeLoraConfig,
+    MoeLoraLinear,
+    to_reference_key,
+    wrap_moe_lora,
+)
 from reimpl.llm.tiny import tiny_llama
 
 
@@ -142,12 +147,12 @@ def test_gate_context_scoping():
             with ctx.bind(g):
                 pass
     with pytest.raises(RuntimeError, match="without a gate"):
-        ctx.gate
+        _ = ctx.gate
     with pytest.raises(KeyError):
         with ctx.bind(g):
             raise KeyError("boom")
     with pytest.raises(RuntimeError):
-        ctx.gate                                            # unbound even after an exception
+        _ = ctx.gate                                        # unbound even after an exception
 
 
 def _wrapped(mode="faithful", seed=0):

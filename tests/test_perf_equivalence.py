@@ -11,8 +11,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from reimpl.dllm2rec.evaluate import metrics_from_ranks, target_ranks
-from reimpl.dllm2rec.injection import (ProjectedLLMEmb, inject, lookup_llm_emb, lookup_projected,
-                                       project_table, projection_matches)
+from reimpl.dllm2rec.injection import (
+    ProjectedLLMEmb,
+    inject,
+    lookup_llm_emb,
+    lookup_projected,
+    project_table,
+    projection_matches,
+)
 from reimpl.dllm2rec.weights import student_topk_set
 from reimpl.ilora.prompt import PlaceholderIds, inject_item_embeds
 
@@ -121,7 +127,6 @@ def test_lookup_zero_fills_padding_and_ids_past_the_table():
 
 def test_evaluate_same_ranks_with_and_without_the_projected_table(monkeypatch):
     import reimpl.dllm2rec.evaluate as E
-
     from reimpl.dllm2rec.config import DLLM2RecConfig
     from reimpl.dllm2rec.evaluate import EvalSplit, predict_ranks
     from reimpl.dllm2rec.student import build_student

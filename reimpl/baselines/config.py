@@ -181,7 +181,8 @@ LONG = Plan(
     name="long",
     datasets=(MOVIELENS,), models=("SASRec",), sides=("reference", "fixed"), seeds=(1, 2, 3), epochs=30, jobs=2,
     notes=("30-epoch cap with patience 10 (each side's own rule): about 14 s per reference epoch on ml-100k on an "
-           "idle core, so 6 runs were planned at about 45 minutes; next to the teacher and the extension trial each run "
-           "took 12-20 min; faithful is omitted because the full plan shows it identical to the reference run for run",))
+           "idle core, so 6 runs were planned at about 45 minutes; next to the teacher and the extension trial each "
+           "run took 12-20 min; faithful is omitted because the full plan shows it identical to the reference run "
+           "for run",))
 
 PLANS = {"quick": QUICK, "full": FULL, "distill": DISTILL, "long": LONG}

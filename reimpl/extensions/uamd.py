@@ -201,8 +201,8 @@ def score_rows_with_uncertainty(teacher, data, prompts: Sequence[str], rows: Seq
     :func:`reimpl.ilora.train.export_teacher` for the same ``seed``) and uncertainty ``[N]`` of train ``rows``.
     ``data``: a :class:`reimpl.ilora.train.LastFMData`; ``cached``: prefix-KV-cached scoring
     (:meth:`ILoRATeacher.score_candidates`)."""
-    from reimpl.ilora.export import ranking_from_scores
     from reimpl.ilora.data import export_batches
+    from reimpl.ilora.export import ranking_from_scores
 
     teacher.eval()
     ranks, confs, us = [], [], []
@@ -225,8 +225,7 @@ def export_teacher_with_uncertainty(teacher, data, prompts: Sequence[str], out_d
     """:func:`reimpl.ilora.train.export_teacher` (same candidates for the same ``seed``, same files)
     plus ``uncertainty_train.txt`` (:func:`score_rows_with_uncertainty`). ``embeddings``: a precomputed
     ``[item_num, d]`` all-items tensor to write instead of computing it (``with_embeddings`` ignored)."""
-    from reimpl.ilora.export import write_tocf
-    from reimpl.ilora.export import all_item_embeddings
+    from reimpl.ilora.export import all_item_embeddings, write_tocf
 
     rank, conf, u = score_rows_with_uncertainty(teacher, data, prompts, rows, k=k, cans_num=cans_num,
                                                 batch_size=batch_size, seed=seed, kind=kind, cached=cached)
