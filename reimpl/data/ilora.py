@@ -13,6 +13,7 @@ from pathlib import Path
 
 from ..deviations import Deviation, check_mode, declare
 from .frames import frame_to_split, read_pickle_frame, select_splits, split_to_frame
+from .id2name import read_id2name  # the one reader (re-exported by reimpl.data)
 from .types import DataError, SeqDataset, SeqSplit, fail
 
 FILES = {"train": "train_data.df", "val": "Val_data.df", "test": "Test_data.df"}
@@ -50,28 +51,6 @@ def _lines(path: Path, encoding: str) -> list[str]:
     except UnicodeDecodeError as e:
         raise DataError(f"{path}: not {encoding} text ({e})") from e
     return lines[:-1] if lines and lines[-1] == "" else lines
-
-
-def read_id2name(path: str | Path, mode: str = "faithful") -> dict[int, str]:
-    """``<id>::<name>`` lines -> {id: name}. faithful: name = text between the 1st and 2nd '::', stripped
-    (the reference's split); fixed: everything after the first '::', stripped."""
-    check_mode(mode)
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: title file missing")
-    out: dict[int, str] = {}
-    for i, line in enumerate(_lines(path, "utf-8")):
-        parts = line.split("::") if mode == "faithful" else line.split("::", 1)
-        if len(parts) < 2:
-            raise fail(path, "id2name", "'<id>::<name>'", line, row=i)
-        try:
-            k = int(parts[0])
-        except ValueError:
-            raise fail(path, "id", "an integer item id before '::'", parts[0], row=i) from None
-        if k in out:
-            raise fail(path, "id", "unique item ids", k, row=i)
-        out[k] = parts[1].strip()
-    return out
 
 
 def ilora_movie_title(raw: str) -> str:
