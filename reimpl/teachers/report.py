@@ -39,8 +39,9 @@ def load_results(folder: Path = RESULTS, root: Path = ROOT) -> list[dict]:
     for p in sorted(Path(folder).glob("*.json")):
         r = json.loads(p.read_text())
         r["_file"] = str(p.relative_to(root))
-        if "command" in r:   # runs started as a script path record argv[0] as that path
-            r["command"] = re.sub(r"^\S*reimpl/teachers/run\.py", "python -m reimpl.teachers.run", r["command"])
+        for key in ("command", "train_command"):   # runs started as a script path record argv[0] as that path
+            if key in r:
+                r[key] = re.sub(r"^\S*reimpl/teachers/run\.py", "python -m reimpl.teachers.run", r[key])
         if "eval" in r:
             r["pooled"] = _pooled(r["eval"])
             if "sasrec_bar" in r:

@@ -260,7 +260,8 @@ def run_e4srec(cfg: e4srec.E4SRecConfig, opts: RunOptions) -> Path:
     if start == info["steps"] and prev.is_file():
         # a finished run re-entered (e.g. to add --export): keep the record of the training that produced it
         old = json.loads(prev.read_text())
-        if old.get("config") == rec["config"] and old.get("train", {}).get("rows") == len(tr):
+        same_cfg = old.get("config") == json.loads(json.dumps(rec["config"]))   # tuples come back as lists
+        if same_cfg and old.get("train", {}).get("rows") == len(tr):
             rec["train"] = old["train"]
             rec["train_command"] = old.get("train_command", old.get("command"))
     t0 = time.perf_counter()
