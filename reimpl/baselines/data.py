@@ -18,7 +18,6 @@ Every prepared directory gets a ``manifest.json`` with the sha256 of its source 
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import asdict
 from pathlib import Path
@@ -27,14 +26,9 @@ import numpy as np
 
 from reimpl.baselines.config import DatasetSpec
 from reimpl.paths import SHARED
+from reimpl.refs_lock import sha256_file as sha256
 
 
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def source_files(spec: DatasetSpec, shared: Path = SHARED) -> list[Path]:
