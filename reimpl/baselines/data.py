@@ -29,8 +29,6 @@ from reimpl.paths import SHARED
 from reimpl.refs_lock import sha256_file as sha256
 
 
-
-
 def source_files(spec: DatasetSpec, shared: Path = SHARED) -> list[Path]:
     d = shared / "data"
     if spec.source == "ilora-lastfm":
