@@ -21,7 +21,6 @@ the model, optimizer, every RNG state and the history; a killed run resumes from
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -29,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from reimpl import checkpoint as ckpt_io
 from reimpl.dllm2rec import losses as dlosses
 from reimpl.dllm2rec.config import DLLM2RecConfig
 from reimpl.dllm2rec.evaluate import evaluate
@@ -77,10 +77,7 @@ def _jsonable(x):
     return x
 
 
-def _save_atomic(obj, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+CKPT_KIND = "engine-run"
 
 
 class Batches:
@@ -161,7 +158,7 @@ def train(cfg: EngineConfig, data: DLLM2RecData, *, checkpoint: str | Path | Non
              "stopped_early": False, "train_s": 0.0, "eval_s": 0.0}
     ck_path = Path(checkpoint) if checkpoint else None
     if ck_path is not None and ck_path.is_file():
-        ck = torch.load(ck_path, map_location="cpu", weights_only=False)
+        ck = ckpt_io.load(ck_path, kind=CKPT_KIND)
         if ck["config"] != cfg.as_dict():
             raise ValueError(f"{ck_path}: checkpoint written with a different engine config; refusing to resume")
         model.load_state_dict(ck["model"])
@@ -197,9 +194,11 @@ def train(cfg: EngineConfig, data: DLLM2RecData, *, checkpoint: str | Path | Non
                 f"best epoch {state['best_epoch']}")
         state["history"].append(rec)
         if ck_path is not None:
-            _save_atomic({"config": cfg.as_dict(), "model": model.state_dict(), "optimizer": opt.state_dict(),
-                          "rng": {"torch": torch.get_rng_state(), "gen": gen.get_state(),
-                                  "numpy": batches.rng.bit_generator.state}, "state": state}, ck_path)
+            ckpt_io.save(ck_path, {"config": cfg.as_dict(), "model": model.state_dict(),
+                                   "optimizer": opt.state_dict(),
+                                   "rng": {"torch": torch.get_rng_state(), "gen": gen.get_state(),
+                                           "numpy": batches.rng.bit_generator.state}, "state": state},
+                         kind=CKPT_KIND)
         if on_epoch is not None:
             on_epoch(rec)
     return {"config": cfg.as_dict(), "selected_on": "val", "best_epoch": state["best_epoch"],
