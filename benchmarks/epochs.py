@@ -85,15 +85,20 @@ def _load_text(v: str) -> str:  # results cached by an earlier version hold the 
     return v
 
 
-def reference_epoch(model: str, variant: str, work: Path) -> dict:
-    cmd = [sys.executable, "-m", "benchmarks.epochs", "--ref-child", model, variant, str(work)]
+def _measure_child(flag: str, label: str, model: str, variant: str, work: Path) -> dict:
+    """Run this module's ``flag`` child in a fresh process; its last stdout line (JSON) + the load around it."""
+    cmd = [sys.executable, "-m", "benchmarks.epochs", flag, model, variant, str(work)]
     l0 = load()
     p = subprocess.run(cmd, cwd=ROOT, env=env(), capture_output=True, text=True)
     if p.returncode != 0:
-        raise RuntimeError(f"reference {model} {variant} failed:\n{p.stderr[-3000:]}")
+        raise RuntimeError(f"{label} {model} {variant} failed:\n{p.stderr[-3000:]}")
     out = json.loads(p.stdout.strip().splitlines()[-1])
     out.update(load_before=l0, load_after=load())
     return out
+
+
+def reference_epoch(model: str, variant: str, work: Path) -> dict:
+    return _measure_child("--ref-child", "reference", model, variant, work)
 
 
 def _ref_child(model: str, variant: str, work: str) -> None:
@@ -141,14 +146,7 @@ def _ref_child(model: str, variant: str, work: str) -> None:
 
 
 def engine_epochs(model: str, variant: str, work: Path) -> dict:
-    cmd = [sys.executable, "-m", "benchmarks.epochs", "--engine-child", model, variant, str(work)]
-    l0 = load()
-    p = subprocess.run(cmd, cwd=ROOT, env=env(), capture_output=True, text=True)
-    if p.returncode != 0:
-        raise RuntimeError(f"engine {model} {variant} failed:\n{p.stderr[-3000:]}")
-    out = json.loads(p.stdout.strip().splitlines()[-1])
-    out.update(load_before=l0, load_after=load())
-    return out
+    return _measure_child("--engine-child", "engine", model, variant, work)
 
 
 def _engine_child(model: str, variant: str, work: str) -> None:
