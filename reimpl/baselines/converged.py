@@ -207,6 +207,19 @@ def pending_runs(plan: ConvergedPlan, stage: str, store_root: str | None = None)
     return out
 
 
+def ready_runs(plan: ConvergedPlan, store_root: str | None = None) -> list[ConvergedRun]:
+    """Runs that can start now, cell-major: each cell's missing tuning points, then (once tuned) its seeds."""
+    recs = records_by_id(store_root)
+    chosen = plan.chosen(recs)
+    out = []
+    for c in plan.cells():
+        runs = [plan.run(c, plan.seeds[0], g) for g in plan.grid]
+        if chosen[c] is not None:
+            runs = [plan.run(c, s, chosen[c]) for s in plan.seeds]
+        out += [r for r in runs if r.run_id not in recs]
+    return out
+
+
 def _git_commit(path: str) -> None:
     rel = os.path.relpath(path, ROOT)
     for _ in range(10):  # another agent's commit may hold the index lock for a moment
@@ -341,20 +354,30 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     plan = dataclasses.replace(plan, datasets=tuple(a.dataset or plan.datasets), models=tuple(a.model or plan.models),
                                objectives=tuple(a.objective or plan.objectives))
-    from reimpl.engine.dispatch import run_jobs
+    from reimpl.engine.dispatch import run_jobs, run_ready
 
     def done(arg, path):
         print(f"finished {arg[0].run_id} -> {path}", flush=True)
         if a.commit:
             _git_commit(path)
 
-    stages = ("tune", "final") if a.stage == "all" else (a.stage,)
+    if a.stage == "all":  # cell by cell: a cell's seeds start as soon as its tuning is complete
+        started: set = set()
+
+        def ready(busy):
+            items = [(x, None, a.threads) for x in ready_runs(plan) if x.run_id not in busy]
+            if a.max_runs is not None:  # finished and in-flight runs count against --max-runs
+                items = items[: max(0, a.max_runs - len(started | busy))]
+            started.update(x[0].run_id for x in items)
+            return items
+
+        run_ready(_job, ready, key=lambda arg: arg[0].run_id, backend=a.backend, jobs=a.jobs, on_done=done)
+        return 0
     budget = a.max_runs
-    for st in stages:
-        runs = pending_runs(plan, st)
-        if budget is not None:
-            runs, budget = runs[:budget], budget - len(runs[:budget])
-        run_jobs(_job, [(x, None, a.threads) for x in runs], backend=a.backend, jobs=a.jobs, on_done=done)
+    runs = pending_runs(plan, a.stage)
+    if budget is not None:
+        runs = runs[:budget]
+    run_jobs(_job, [(x, None, a.threads) for x in runs], backend=a.backend, jobs=a.jobs, on_done=done)
     return 0
 
 

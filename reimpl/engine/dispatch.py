@@ -10,6 +10,10 @@ Each job is ``fn(arg)`` with a picklable module-level ``fn``; results come back 
 * ``submitit``: :class:`submitit.AutoExecutor` (SLURM where available, else local), one array job;
   ``pip install recparity[slurm]``; ``folder`` holds its logs.
 
+Plans whose later jobs depend on earlier results (tuning, then the chosen point for every seed) use
+:func:`run_ready`: it asks the plan for the jobs that are ready each time a slot frees, so a cell's seeds start
+as soon as its tuning is complete instead of after every cell's tuning.
+
 A job that raises is reported through ``on_error(arg, exc)`` (default: re-raise after the others finish), so one
 bad run does not lose the finished ones: each finished run writes its own results record.
 """
@@ -86,4 +90,44 @@ def run_jobs(fn: Callable, args: Iterable, *, backend: str = "local", jobs: int 
     if errors:
         a, e = errors[0]
         raise RuntimeError(f"run_jobs: {len(errors)} of {len(args)} job(s) failed; first: {a!r}: {e}") from e
+    return out
+
+
+def run_ready(fn: Callable, ready: Callable[[set], list], *, key: Callable = repr, backend: str = "local",
+              jobs: int = 1, on_done: Callable | None = None, **kw) -> list:
+    """Run ``fn`` over the jobs ``ready(in_flight_keys)`` returns (priority order), asking again as each finishes.
+
+    ``ready`` sees the keys of the jobs in flight and must leave them out; it is re-asked after every completion,
+    so jobs that depend on finished ones (whose results ``on_done`` has stored) join as soon as they can. Ends
+    when nothing is in flight and ``ready`` returns nothing. Non-local backends run it in waves of ``run_jobs``.
+    """
+    if backend != "local" or jobs <= 1:
+        out = []
+        while batch := ready(set())[: max(jobs, 1) if backend == "local" else None]:
+            out += run_jobs(fn, batch, backend=backend, jobs=jobs, on_done=on_done, **kw)
+        return out
+    out, errors, failed_keys = [], [], set()
+    with cf.ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as ex:
+        futs: dict = {}
+        while True:
+            busy = {key(a) for a in futs.values()} | failed_keys
+            for a in [a for a in ready(busy) if key(a) not in busy][: jobs - len(futs)]:
+                futs[ex.submit(fn, a)] = a
+            if not futs:
+                break
+            finished, _ = cf.wait(futs, return_when=cf.FIRST_COMPLETED)
+            for f in finished:
+                a = futs.pop(f)
+                try:
+                    r = f.result()
+                except Exception as e:  # noqa: BLE001 - the other jobs still run; a failed job is not retried
+                    errors.append((a, e))
+                    failed_keys.add(key(a))
+                    continue
+                out.append(r)
+                if on_done is not None:
+                    on_done(a, r)
+    if errors:
+        a, e = errors[0]
+        raise RuntimeError(f"run_ready: {len(errors)} job(s) failed; first: {a!r}: {e}") from e
     return out
