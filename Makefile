@@ -52,25 +52,30 @@ bench: setup refs
 extensions: setup
 	$(PY) -m reimpl.extensions.trial
 
-# Issue 7, everything -> reports/baselines.md. Part 1: student baselines without distillation, reference main.py
-# (subprocess, unmodified) vs reimpl faithful/fixed, 3 seeds. Parts 2-3 (plan distill): the reimpl iLoRA teacher on
-# the real SmolLM2 (train, evaluate, export for a 512-row student slice), then students with and without
-# distillation on that slice, both sides. Results and teacher phases are cached under runs/ and resume.
+# Issue 7 -> reports/baselines.md: student baselines without distillation, reference main.py (subprocess,
+# unmodified) vs reimpl faithful/fixed, 3 seeds (cached under runs/, resumable). Then the distillation plan
+# (issue 16): plain vs distilled students on the full LastFM train split from the committed teacher export
+# results/teachers/e4srec-smollm2-l6-8000.safetensors (no teacher training), engine, 5 seeds, every finished run
+# one record in results/distilled/ -> reports/baselines_distilled.md. The superseded 256-row iLoRA-teacher plan:
+# `python -m reimpl.baselines run --plan distill` (retrains that teacher, ~1 h).
 baseline: setup refs
 	$(PY) -m reimpl.baselines run --plan full --no-report
 	$(PY) -m reimpl.baselines run --plan long --no-report
-	$(PY) -m reimpl.baselines run --plan distill --no-report
 	$(PY) -m reimpl.baselines report --plan full
+	$(PY) -m reimpl.baselines.distilled run --jobs $${JOBS:-2}
+	$(PY) -m reimpl.baselines.distilled report >/dev/null
 
 # The same pipeline on seeded slices, with the tiny random Llama as teacher (a few minutes on 2 cores);
 # also run by the test suite.
 baseline-quick: setup refs-optional
 	$(PY) -m reimpl.baselines run --plan quick
 
-# Converged baselines (issue 15): tables and figures of reports/baselines_converged.md from the committed results
-# store (results/converged/) only; no training (seconds).
+# Converged and distilled baselines (issues 15, 16): reports/baselines_converged.md (+ figures) and
+# reports/baselines_distilled.md from the committed results store (results/converged/, results/distilled/) only;
+# no training (seconds).
 baseline-report: setup
-	$(PY) -m reimpl.baselines.converged report
+	$(PY) -m reimpl.baselines.converged report >/dev/null
+	$(PY) -m reimpl.baselines.distilled report >/dev/null
 
 # Converged baselines, resumable: every finished run adds one record to results/converged/ (JOBS runs at once).
 baseline-converged: setup

@@ -25,7 +25,7 @@ from reimpl.engine.train import EngineConfig
 TOL = {torch.float64: 1e-10, torch.float32: 1e-6}
 
 
-def _batch(seed, B, I, L, K, d_llm):
+def _batch(seed, B, I, L, K, d_llm, pad=0):
     rs = np.random.RandomState(seed)
     lens = rs.randint(0, L + 1, size=B)
     seq = rs.randint(0, I, size=(B, L))
@@ -35,6 +35,7 @@ def _batch(seed, B, I, L, K, d_llm):
     conf = rs.random_sample((B, K + 2)) * 3
     ps = dlosses.propensity_scores(rs.randint(0, I, size=5 * I), I)
     table = torch.tensor(rs.standard_normal((I, d_llm)) * 0.5, dtype=torch.float32)
+    table[:, d_llm - pad:] = 0  # a narrower teacher zero-padded to d_llm (the engine trims the zero columns)
     return (torch.as_tensor(seq), torch.as_tensor(lens), torch.as_tensor(tgt), torch.as_tensor(cand),
             torch.tensor(conf, dtype=torch.float32), torch.as_tensor(ps), table)
 
@@ -50,8 +51,8 @@ def _close(a: torch.Tensor, b: torch.Tensor, tol: float, scale: float) -> bool:
 @given(model=st.sampled_from(["SASRec", "GRU", "Caser"]), dtype=st.sampled_from([torch.float64, torch.float32]),
        lam=st.sampled_from([0.0, 0.8]), alpha=st.sampled_from([0.0, 1.0]), ed=st.sampled_from([0.0, 0.2]),
        beta=st.sampled_from([1.0, 0.7]), B=st.integers(2, 9), I=st.integers(14, 40), L=st.sampled_from([5, 10]),
-       seed=st.integers(0, 10_000))
-def test_loss_and_gradients_equal_fixed_mode(model, dtype, lam, alpha, ed, beta, B, I, L, seed):
+       pad=st.sampled_from([0, 7]), seed=st.integers(0, 10_000))
+def test_loss_and_gradients_equal_fixed_mode(model, dtype, lam, alpha, ed, beta, B, I, L, pad, seed):
     if dtype == torch.float64:
         ed = 0.0  # fixed mode's lookup buffer is float32 (main.py:396): a float64 student cannot inject
     K = 4
@@ -61,7 +62,7 @@ def test_loss_and_gradients_equal_fixed_mode(model, dtype, lam, alpha, ed, beta,
     cfg = DLLM2RecConfig(model_name=model, mode="fixed", hidden_factor=8, d_llm=12, lam=lam, alpha=alpha,
                          ed_weight=ed, beta=beta, candidate_topk=K, num_filters=3, seed=seed, dropout_rate=drop,
                          num_heads=2 if seed % 2 else 1)
-    seq, lens, tgt, cand, conf, ps, table = _batch(seed, B, I, L, K, cfg.d_llm)
+    seq, lens, tgt, cand, conf, ps, table = _batch(seed, B, I, L, K, cfg.d_llm, pad)
     torch.manual_seed(seed)
     ref = build_student(cfg, I, L).to(dtype)
     eng = copy.deepcopy(ref)
@@ -79,7 +80,9 @@ def test_loss_and_gradients_equal_fixed_mode(model, dtype, lam, alpha, ed, beta,
 
     obj = EngineConfig(cfg).objective_spec()
     torch.manual_seed(seed + 1)
-    table_ext = forward.extend_table(table) if ed else None
+    table_ext = forward.trim_table(forward.extend_table(table)) if ed else None
+    if ed and pad:
+        assert table_ext.size(1) == cfg.d_llm - pad
     if losses.needs_full_scores(obj):
         out = forward.scores(eng, seq, lens, table_ext)
         e_loss, parts = losses.loss(out, tgt, neg, obj, ps=ps, candidates=cand, confidence=conf)

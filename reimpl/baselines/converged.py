@@ -247,10 +247,20 @@ def chance(n_items: int) -> dict:
             "NDCG@20": sum(1 / math.log2(r + 1) for r in range(1, 21)) / n_items}
 
 
+def template_env():
+    """The baselines reports' Jinja2 environment; filter ``ci``: ``(mean, half)`` -> "m ± h" ("pending": None)."""
+    import jinja2
+
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"),
+                             undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+    env.filters["ci"] = lambda v, nd=4: "pending" if v is None else (
+        f"{v[0]:.{nd}f}" if math.isnan(v[1]) else f"{v[0]:.{nd}f} ± {v[1]:.{nd}f}")
+    return env
+
+
 def report(plan: ConvergedPlan = CONVERGED, store_root: str | None = None, out: Path | None = None,
            fig_dir: Path | None = None) -> Path:
     """Render ``reports/baselines_converged.md`` and its figures from the store only (no training)."""
-    import jinja2
 
     out = out or REPORTS / "baselines_converged.md"
     fig_dir = fig_dir or out.parent / "figures"
@@ -291,11 +301,7 @@ def report(plan: ConvergedPlan = CONVERGED, store_root: str | None = None, out: 
             sections.append({"dataset": d, "label": DATASETS[d][0], "objective": o, "rows": rows, "facts": facts,
                              "chance": chance(facts["item_num"]) if facts else None,
                              "figure": os.path.relpath(fig, out.parent) if fig else None})
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"),
-                             undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
-    env.filters["ci"] = lambda v, nd=4: "pending" if v is None else (
-        f"{v[0]:.{nd}f}" if math.isnan(v[1]) else f"{v[0]:.{nd}f} ± {v[1]:.{nd}f}")
-    text = env.get_template("converged.md.j2").render(
+    text = template_env().get_template("converged.md.j2").render(
         plan=plan, sections=sections, n_records=len(recs), grid=[tag(g) for g in plan.grid],
         platforms=sorted({f"{r['platform']['cpu']}, {r['threads']} thread(s), torch {r['platform']['torch']}"
                           for r in recs.values()}),

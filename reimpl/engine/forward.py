@@ -45,10 +45,22 @@ def extend_table(table: torch.Tensor, dtype: torch.dtype = LOOKUP_DTYPE) -> torc
     return torch.cat([table.to(dtype), torch.zeros(1, table.size(1), dtype=dtype)]).contiguous()
 
 
+def trim_table(table_ext: torch.Tensor) -> torch.Tensor:
+    """``table_ext`` without its trailing all-zero columns ``[item_num + 1, w]`` (``w >= 1``).
+
+    A teacher narrower than 4,096 is stored zero-padded to 4,096 (``reimpl.teachers.export.pad_embeddings``);
+    zero columns add exactly 0 to every projected value and receive a zero gradient, so :func:`project_batch`
+    multiplies only the first ``w`` columns of ``fc_4096_64`` (E4SRec's 64-d table: 64x fewer FLOPs)."""
+    nz = table_ext.ne(0).any(0).nonzero()
+    w = int(nz.max()) + 1 if nz.numel() else 1
+    return table_ext if w == table_ext.size(1) else table_ext[:, :w].contiguous()
+
+
 def project_batch(seq: torch.Tensor, table_ext: torch.Tensor, proj: nn.Linear) -> ProjectedLLMEmb:
     """``proj`` of the teacher rows of ``seq`` ``[B, L]`` (ids in ``[0, item_num]``), each distinct id once.
 
-    table_ext: :func:`extend_table` ``[item_num + 1, d_llm]``. Returns ``[B, L, H]`` values (with grad).
+    table_ext: :func:`extend_table` ``[item_num + 1, d_llm]``, or its first ``w`` columns
+    (:func:`trim_table`: the rest are zero). Returns ``[B, L, H]`` values (with grad).
     """
     n = table_ext.size(0)
     flat = seq.reshape(-1)
@@ -56,7 +68,9 @@ def project_batch(seq: torch.Tensor, table_ext: torch.Tensor, proj: nn.Linear) -
     mark[flat] = True
     uniq = mark.nonzero().squeeze(1)  # [U] sorted
     slot = torch.cumsum(mark, 0) - 1  # id -> its row in uniq
-    p = proj(table_ext.index_select(0, uniq))  # [U, H]; index_select: half the time of table_ext[uniq] here
+    x = table_ext.index_select(0, uniq)  # [U, w]; index_select: half the time of table_ext[uniq] here
+    w = x.size(1)
+    p = proj(x) if w == proj.in_features else F.linear(x, proj.weight[:, :w], proj.bias)  # [U, H]
     return ProjectedLLMEmb(p[slot[seq]], proj)
 
 

@@ -114,7 +114,7 @@ class Session:
         self.table = data.llm_table if s.ed_weight != 0 else None
         if s.ed_weight != 0 and self.table is None:
             raise ValueError("ed_weight != 0 needs the teacher embeddings (tocf/<data>/all_embeddings.pt)")
-        self.table_ext = forward.extend_table(self.table) if self.table is not None else None
+        self.table_ext = forward.trim_table(forward.extend_table(self.table)) if self.table is not None else None
         self.need_neg = cfg.objective == "bce" or obj.lam != 0
         self.full = losses.needs_full_scores(obj)
         n = len(data.train_next)

@@ -1,0 +1,242 @@
+"""Students distilled from a committed teacher export, beside their undistilled twins, trained by the engine.
+
+Plan (:data:`DISTILLED`): SASRec, GRU4Rec, Caser x {``plain``, ``kd``} x seeds 1-5 on LastFM as iLoRA publishes
+it (50,800 train rows of 976 users; 122 val and 122 test users, disjoint from the train users). ``kd`` reads the
+teacher's compact export from ``results/teachers/<teacher>.safetensors`` (no teacher training here; rows checked
+against the train split at read, :func:`reimpl.teachers.export.read_compact`) and trains with DLLM2Rec's default
+distillation (``lam`` 0.8, ``ed_weight`` 0.2, ``alpha`` 1, main.py:28-40); ``plain`` sets all three to 0. Both:
+the reference's BCE with one negative, fixed mode's maths through :mod:`reimpl.engine`, selection and early
+stopping on VAL NDCG@20 (patience 10, cap 200 epochs), TEST at the selected epoch.
+
+Why this split and not leave-one-out: the committed exports rank the published train rows, and their teachers
+start from (E4SRec) or were checked against the SASRec checkpoint the iLoRA authors trained on every train row.
+On LastFM LOO the val/test targets of the 976 train users *are* published train rows, so such a teacher has seen
+them; the published val/test users it has not. LOO distillation needs teachers retrained on LOO train rows.
+
+Every finished run is one record in ``results/distilled/`` (:mod:`reimpl.results.store`) whose data digest pins
+the split arrays *and* the teacher file (sha256), so a record made with another export is refused.
+
+Usage::
+
+    python -m reimpl.baselines.distilled run [--jobs N] [--model M] [--arm plain|kd] [--max-runs N] [--commit]
+    python -m reimpl.baselines.distilled report    # reports/baselines_distilled.md from results/ only
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import sys
+import time
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+from reimpl.baselines.converged import MODELS, _git_commit, best_row, chance, ci95, template_env
+from reimpl.paths import DATA, REPORTS, ROOT, RUNS
+
+PLAN_NAME = "distilled"
+TEACHER = "e4srec-smollm2-l6-8000"     # the best teacher of reports/teachers.md with a full-train export
+ARMS = {"plain": (("lam", 0.0), ("ed_weight", 0.0), ("alpha", 0.0)),
+        "kd": (("lam", 0.8), ("ed_weight", 0.2), ("alpha", 1.0))}
+METRICS = ("hr", "ndcg")
+
+
+def teacher_path(name: str) -> Path:
+    return ROOT / "results" / "teachers" / f"{name}.safetensors"
+
+
+@dataclass(frozen=True)
+class DistilledRun:
+    model: str
+    arm: str
+    seed: int
+    teacher: str = TEACHER
+    epochs: int = 200
+    patience: int = 10
+
+    @property
+    def run_id(self) -> str:
+        return f"lastfm__{self.model}__{self.arm}__{self.teacher}__s{self.seed}"
+
+    def engine_config(self):
+        from reimpl.dllm2rec.config import DLLM2RecConfig
+        from reimpl.engine.train import EngineConfig
+
+        s = DLLM2RecConfig(model_name=self.model, data="lastfm", mode="fixed", epoch=self.epochs,
+                           patience=self.patience, seed=self.seed, **dict(ARMS[self.arm]))
+        return EngineConfig(s, objective="bce")
+
+    def config(self) -> dict:
+        return {"engine": self.engine_config().as_dict(), "split": "ilora-lastfm (published)",
+                "teacher": self.teacher if self.arm == "kd" else None}
+
+
+@dataclass(frozen=True)
+class DistilledPlan:
+    models: tuple = MODELS
+    arms: tuple = tuple(ARMS)
+    seeds: tuple = (1, 2, 3, 4, 5)
+    teacher: str = TEACHER
+
+    def runs(self) -> list[DistilledRun]:
+        """Seed major: a partial job leaves every (model, arm) with the same seeds done."""
+        return [DistilledRun(m, a, s, self.teacher) for s in self.seeds for m in self.models for a in self.arms]
+
+
+DISTILLED = DistilledPlan()
+
+
+@lru_cache(maxsize=4)
+def load(teacher: str | None):
+    """(DLLM2RecData, digest, facts) of the published LastFM split, with ``teacher``'s export when given."""
+    import torch
+
+    from reimpl.data import load_ilora
+    from reimpl.data.protocols import split_digest, to_student_data
+    from reimpl.teachers.export import read_compact
+
+    ds = load_ilora(DATA / "ilora" / "lastfm", name="lastfm")
+    data = to_student_data(ds)
+    digest = split_digest(ds)
+    facts = {"item_num": ds.item_num, "rows": {k: ds[k].n for k in ("train", "val", "test")}}
+    if teacher is not None:
+        path = teacher_path(teacher)
+        files, meta = read_compact(path, ds.item_num, n_train=ds["train"].n)  # rows 0..N-1, ids, finite
+        data.candidates = torch.from_numpy(files.rank)
+        data.confidence = torch.tensor(files.confidence, dtype=torch.float)
+        data.llm_table = files.embeddings
+        data.files.update(candidates=str(path), confidence=str(path), llm_table=str(path))
+        sha = hashlib.sha256(path.read_bytes()).hexdigest()
+        digest = hashlib.sha256(f"{digest}:{sha}".encode()).hexdigest()
+        facts["teacher"] = {"name": teacher, "file": str(path.relative_to(ROOT)), "sha256": sha,
+                            "k": int(files.rank.shape[1]), "d": int(meta.get("d", 0) or
+                                                                    _width(files.embeddings))}
+    return data, digest, facts
+
+
+def _width(emb) -> int:
+    nz = emb.ne(0).any(0).nonzero()
+    return int(nz.max()) + 1 if nz.numel() else 0
+
+
+def run_one(run: DistilledRun, store_root: str | None = None, threads: int = 1,
+            runs_root: str | Path | None = None) -> str:
+    """Train ``run`` (resuming its checkpoint in ``runs/distilled/``) unless its record exists."""
+    import torch
+
+    from reimpl.engine.train import train
+    from reimpl.results.store import Store, make_record
+
+    torch.set_num_threads(threads)
+    store = Store(store_root)
+    data, digest, facts = load(run.teacher if run.arm == "kd" else None)
+    cfg = run.config()
+    if store.get(PLAN_NAME, run.run_id, cfg, digest) is not None:
+        return str(store.path(PLAN_NAME, run.run_id))
+    rdir = Path(runs_root or RUNS / PLAN_NAME) / run.run_id
+    rdir.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    res = train(run.engine_config(), data, checkpoint=rdir / "ckpt.pt",
+                log=lambda m: print(f"{run.run_id}: {m}", file=sys.stderr, flush=True))
+    rec = make_record(plan=PLAN_NAME, run_id=run.run_id, config=cfg,
+                      data={"split": cfg["split"], "digest": digest, "facts": facts}, result=res,
+                      threads=threads, wall_s=time.perf_counter() - t0)
+    p = store.put(rec)
+    (rdir / "ckpt.pt").unlink(missing_ok=True)
+    return str(p)
+
+
+def _job(args: tuple) -> str:
+    return run_one(*args)
+
+
+def records(store_root: str | None = None) -> dict[str, dict]:
+    from reimpl.results.store import Store
+
+    return {r["run_id"]: r for r in Store(store_root).records(PLAN_NAME)}
+
+
+# ------------------------------------------------------------------------------------------------ report
+def _test(rec: dict, metric: str, k: int) -> float:
+    return best_row(rec)["test"][metric][rec["config"]["engine"]["student"]["topk"].index(k)]
+
+
+def paired(plan: DistilledPlan, recs: dict, model: str, metric: str, k: int) -> dict:
+    """kd minus plain on TEST ``metric@k``, over the seeds both arms finished: mean, 95 % CI, paired t p-value."""
+    from scipy import stats
+
+    pairs = [(recs[DistilledRun(model, "kd", s, plan.teacher).run_id],
+              recs[DistilledRun(model, "plain", s, plan.teacher).run_id]) for s in plan.seeds
+             if DistilledRun(model, "kd", s, plan.teacher).run_id in recs
+             and DistilledRun(model, "plain", s, plan.teacher).run_id in recs]
+    d = np.array([_test(a, metric, k) - _test(b, metric, k) for a, b in pairs])
+    m, h = ci95(d)
+    p = float(stats.ttest_rel([_test(a, metric, k) for a, _ in pairs], [_test(b, metric, k) for _, b in pairs]
+                              ).pvalue) if len(d) >= 2 and d.std() > 0 else float("nan")
+    return {"n": len(d), "mean": m, "half": h, "p": p}
+
+
+def report(plan: DistilledPlan = DISTILLED, store_root: str | None = None, out: Path | None = None) -> str:
+    """``reports/baselines_distilled.md`` from the store only (no data or training needed)."""
+    recs = records(store_root)
+    item_num = next((r["data"]["facts"]["item_num"] for r in recs.values()), 4606)
+    rows = []
+    for m in plan.models:
+        for a in plan.arms:
+            rs = [recs[r.run_id] for r in plan.runs() if r.model == m and r.arm == a and r.run_id in recs]
+            cell = {"model": m, "arm": a, "n": len(rs)}
+            for metric in METRICS:
+                for k in (10, 20):
+                    cell[f"{metric}{k}"] = ci95([_test(r, metric, k) for r in rs]) if rs else None
+            cell["epoch"] = ci95([r["best_epoch"] for r in rs]) if rs else None
+            cell["train_s"] = ci95([r["timing"]["train_s"] for r in rs]) if rs else None
+            rows.append(cell)
+    deltas = [{"model": m, **{f"{metric}{k}": paired(plan, recs, m, metric, k) for metric in METRICS
+                              for k in (10, 20)}} for m in plan.models]
+    teacher = next((r["data"]["facts"].get("teacher") for r in recs.values() if r["data"]["facts"].get("teacher")),
+                   None)
+    text = template_env().get_template("distilled.md.j2").render(
+        plan=plan, rows=rows, deltas=deltas, teacher=teacher, n_records=len(recs), chance=chance(item_num),
+        item_num=item_num, facts=next((r["data"]["facts"] for r in recs.values()), None))
+    (out or REPORTS / "baselines_distilled.md").write_text(text)
+    return text
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m reimpl.baselines.distilled", description=__doc__.splitlines()[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("run")
+    r.add_argument("--jobs", type=int, default=1)
+    r.add_argument("--threads", type=int, default=1, help="torch threads per run")
+    r.add_argument("--backend", choices=("local", "ray", "submitit"), default="local")
+    r.add_argument("--model", action="append", choices=MODELS)
+    r.add_argument("--arm", action="append", choices=tuple(ARMS))
+    r.add_argument("--seed", action="append", type=int)
+    r.add_argument("--max-runs", type=int, default=None)
+    r.add_argument("--commit", action="store_true", help="git-commit each finished record (results/ only)")
+    sub.add_parser("report")
+    a = ap.parse_args(argv)
+    if a.cmd == "report":
+        print(report())
+        return 0
+    plan = dataclasses.replace(DISTILLED, models=tuple(a.model or DISTILLED.models),
+                               arms=tuple(a.arm or DISTILLED.arms), seeds=tuple(a.seed or DISTILLED.seeds))
+    have = records()
+    todo = [x for x in plan.runs() if x.run_id not in have][: a.max_runs]
+    from reimpl.engine.dispatch import run_jobs
+
+    def done(arg, path):
+        print(f"finished {arg[0].run_id} -> {path}", flush=True)
+        if a.commit:
+            _git_commit(path)
+
+    run_jobs(_job, [(x, None, a.threads) for x in todo], backend=a.backend, jobs=a.jobs, on_done=done)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
