@@ -1,10 +1,12 @@
 """Whole training epochs on real LastFM: the unmodified DLLM2Rec ``main.py`` vs the engine (issue 15).
 
 Data: iLoRA's published LastFM train/val/test re-laid out for ``main.py`` (``reimpl.data.convert``; 50,800 train
-rows -> ``int(50800 / 256) = 198`` batches per epoch, 4,606 items). Teacher files for distillation are synthetic
-but well-formed (seeded): ``myrank_train.txt`` 20 distinct candidates per row, ``confidence_train.txt`` in [0, 5),
-``all_embeddings.pt`` ``[4606, 4096]`` float32 (a real export has the same shapes; timing does not depend on the
-values).
+rows -> ``int(50800 / 256) = 198`` batches per epoch, 4,606 items). Teacher files for distillation: ``kd``,
+synthetic but well-formed (seeded): ``myrank_train.txt`` 20 distinct candidates per row, ``confidence_train.txt``
+in [0, 5), ``all_embeddings.pt`` ``[4606, 4096]`` float32, dense (the worst case: a Llama-width teacher);
+``kd-e4srec``, the committed export of the teacher the distillation plan uses (``results/teachers/``: top-10
+ranks, confidences, 64-d item table zero-padded to 4,096). The reference's cost does not depend on the values;
+the engine's does (it drops all-zero teacher columns exactly, ``reimpl.engine.forward.trim_table``).
 
 Measured per (student, distillation): the reference runs ``--epoch 1`` through ``parity/shims/dllm2rec_main.py``;
 its epoch is timed (wall and process CPU) from its first batch draw (``DataFrame.sample``, main.py:360, stamped by
@@ -39,7 +41,11 @@ from reimpl.paths import DATA, REPORTS, ROOT, RUNS
 WORK = RUNS / "bench_epochs"
 ENGINE_EPOCHS = 2
 PEAK_GFLOPS_PER_CORE = 85.0   # ~170 GFLOP/s fp32 on the 2 cores
-VARIANTS = {"kd": [], "plain": ["--lam", "0", "--ed_weight", "0", "--alpha", "0"]}
+VARIANTS = {"kd": [], "plain": ["--lam", "0", "--ed_weight", "0", "--alpha", "0"], "kd-e4srec": []}
+E4SREC = "e4srec-smollm2-l6-8000"   # the committed teacher export the distillation plan reads (results/teachers/)
+LABELS = {"kd": "default (lam 0.8, ed_weight 0.2, alpha 1), synthetic dense 4,096-d teacher table",
+          "plain": "none",
+          "kd-e4srec": f"default, the real teacher export `{E4SREC}` (top-10, 64-d table zero-padded to 4,096)"}
 
 
 def env() -> dict:
@@ -70,6 +76,23 @@ def prepare(work: Path = WORK, seed: int = 0) -> Path:
     torch.save(torch.randn(I, 4096, generator=g) * 0.02, t / "all_embeddings.pt")
     done.write_text("ok\n")
     return work
+
+
+def prepare_e4srec(work: Path = WORK) -> Path:
+    """A second main.py working directory: the same ``data/lastfm`` and the committed E4SRec export as ``tocf``."""
+    from reimpl.teachers.export import compact_to_tocf
+
+    base = prepare(work)
+    out = work / "e4srec"
+    if (out / "ready").is_file():
+        return out
+    (out / "data").mkdir(parents=True, exist_ok=True)
+    link = out / "data" / "lastfm"
+    if not link.exists():
+        link.symlink_to((base / "data" / "lastfm").resolve(), target_is_directory=True)
+    compact_to_tocf(ROOT / "results" / "teachers" / f"{E4SREC}.safetensors", out / "tocf" / "lastfm", 4606, 50800)
+    (out / "ready").write_text("ok\n")
+    return out
 
 
 def load() -> str:
@@ -158,7 +181,7 @@ def _engine_child(model: str, variant: str, work: str) -> None:
     from reimpl.engine import train as etrain
 
     torch.set_num_threads(1)
-    kd = variant == "kd"
+    kd = variant.startswith("kd")
     args = {} if kd else {"lam": 0.0, "ed_weight": 0.0, "alpha": 0.0}
     s = DLLM2RecConfig(model_name=model, data="lastfm", mode="fixed", epoch=ENGINE_EPOCHS, seed=1, **args)
     data = load_data(work, "lastfm", need_rank=kd, need_emb=kd)
@@ -194,8 +217,7 @@ def render(rows: list[dict], out: Path, note: str) -> None:
         for side in ("ref", "eng"):
             for k in ("load_before", "load_after"):
                 r[side][k] = _load_text(r[side][k])
-        view.append({**r, "goal": 20 if r["variant"] == "kd" else 10,
-                     "variant_label": "default (lam 0.8, ed_weight 0.2, alpha 1)" if r["variant"] == "kd" else "none",
+        view.append({**r, "goal": 20 if r["variant"].startswith("kd") else 10, "variant_label": LABELS[r["variant"]],
                      "speedup_wall": r["ref"]["epoch_s"] / r["eng"]["epoch_s"],
                      "speedup_cpu": r["ref"]["epoch_cpu_s"] / r["eng"]["epoch_cpu_s"],
                      "gflops": gf, "peak_pct": 100 * gf / PEAK_GFLOPS_PER_CORE})
@@ -212,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     ap = argparse.ArgumentParser(prog="python -m benchmarks.epochs")
     ap.add_argument("--models", default="SASRec,GRU,Caser")
-    ap.add_argument("--variants", default="kd,plain")
+    ap.add_argument("--variants", default="kd,kd-e4srec,plain")
     ap.add_argument("--out", default=str(REPORTS / "bench_epochs.md"))
     ap.add_argument("--json", default=str(WORK / "results.json"))
     ap.add_argument("--note", default="")
@@ -222,13 +244,14 @@ def main(argv: list[str] | None = None) -> int:
         render(list(json.loads(Path(a.json).read_text()).values()), Path(a.out), a.note)
         return 0
     work = prepare()
+    works = {"kd": work, "plain": work, "kd-e4srec": prepare_e4srec(work)}
     prev = json.loads(Path(a.json).read_text()) if Path(a.json).is_file() else {}
     rows = []
     for m in a.models.split(","):
         for v in a.variants.split(","):
             key = f"{m}/{v}"
-            eng = engine_epochs(m, v, work)
-            ref = prev.get(key, {}).get("ref") or reference_epoch(m, v, work)
+            eng = engine_epochs(m, v, works[v])
+            ref = prev.get(key, {}).get("ref") or reference_epoch(m, v, works[v])
             rows.append({"model": m, "variant": v, "ref": ref, "eng": eng})
             prev[key] = rows[-1]
             Path(a.json).write_text(json.dumps(prev, indent=1))
