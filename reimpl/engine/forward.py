@@ -85,12 +85,23 @@ def _headless(model: nn.Module):
         model.s_fc = head
 
 
+def representation(model: nn.Module, seq: torch.Tensor, len_seq: torch.Tensor,
+                   table_ext: torch.Tensor | None = None) -> torch.Tensor:
+    """``[B, D]``: the sequence representation ``r`` that ``s_fc`` maps to scores (``scores = s_fc(r)``)."""
+    with _headless(model):
+        return scores(model, seq, len_seq, table_ext)
+
+
+def head_at(model: nn.Module, r: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """``[B, J]`` = ``s_fc(r)[b, cols[b, j]]`` without the ``[B, I]`` head. r: ``[B, D]``; cols: ``[B, J]`` long."""
+    head = model.s_fc
+    return torch.baddbmm(head.bias[cols].unsqueeze(2), head.weight[cols], r.unsqueeze(2)).squeeze(2)
+
+
 def scores_at(model: nn.Module, seq: torch.Tensor, len_seq: torch.Tensor, cols: torch.Tensor,
               table_ext: torch.Tensor | None = None) -> torch.Tensor:
     """``[B, J]`` = ``scores(...)[b, cols[b, j]]`` without the ``[B, I]`` head. cols: ``[B, J]`` long."""
-    with _headless(model) as head:
-        r = scores(model, seq, len_seq, table_ext)  # [B, D]
-    return torch.baddbmm(head.bias[cols].unsqueeze(2), head.weight[cols], r.unsqueeze(2)).squeeze(2)
+    return head_at(model, representation(model, seq, len_seq, table_ext), cols)
 
 
 def scores(model: nn.Module, seq: torch.Tensor, len_seq: torch.Tensor,

@@ -96,10 +96,11 @@ def bce_at(o_t: torch.Tensor, o_n: torch.Tensor) -> torch.Tensor:
 
 def loss(out: torch.Tensor, target: torch.Tensor, neg: torch.Tensor | None, obj: Objective, *,
          ps: torch.Tensor | None = None, candidates: torch.Tensor | None = None,
-         confidence: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
+         confidence: torch.Tensor | None = None, kd_weight=None) -> tuple[torch.Tensor, dict]:
     """Scalar loss and its parts. out ``[B, I]``; target ``[B]``; neg ``[B, 1]`` (objective "bce" or
     lam != 0); ps ``[I]`` (alpha != 0, any float dtype: cast to the scores'); candidates / confidence
-    ``[B, >= K]`` (lam != 0)."""
+    ``[B, >= K]`` (lam != 0); ``kd_weight(out) -> [B]``: per-row factor on the normalised distillation weights
+    (``reimpl.dllm2rec.train.batch_loss``'s hook, main.py has none)."""
     B = out.size(0)
     K = obj.candidate_topk
     t = target.view(B, 1)
@@ -127,7 +128,13 @@ def loss(out: torch.Tensor, target: torch.Tensor, neg: torch.Tensor | None, obj:
         total = total + obj.alpha * parts["dro"]
     if obj.lam != 0:
         w = rd_weights(out, cand, confidence[:, :K], obj.gamma_position, obj.gamma_confidence,
-                       obj.gamma_consistency, obj.rank_temperature).weight.to(out.dtype)
+                       obj.gamma_consistency, obj.rank_temperature).weight
+        if kd_weight is not None:
+            f = kd_weight(out)
+            if f.shape != (B,):
+                raise ValueError(f"kd_weight: expected a per-row factor [B={B}], got {tuple(f.shape)}")
+            w = w * f.to(w.dtype).unsqueeze(1)
+        w = w.to(out.dtype)
         per = -(F.logsigmoid(o_c) + F.logsigmoid(-o_n))  # [B, K]
         if dro is not None:
             per = per + obj.alpha * dro[:, 1:]

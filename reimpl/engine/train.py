@@ -15,6 +15,12 @@ Added options (:class:`EngineConfig`): ``objective`` ("bce" the reference's, "so
 epoch, which is fixed mode's counter when N = 1), ``epoch_order`` ("draws" as above, or "permutation": one
 shuffled pass over the rows in ``int(N / batch_size)`` batches).
 
+Hooks (``hooks``, :class:`reimpl.dllm2rec.train.TrainHooks`, what :mod:`reimpl.extensions` builds): the same
+points as fixed mode's loop: ``init_model`` after the student is built, ``extra_params`` as a second Adam group,
+``kd_weight(rows, out)`` on the normalised distillation weights, ``extra_loss(rows, r)`` on the representation
+``r`` ``[B, D]`` that ``s_fc`` reads, ``on_epoch_end(model, epoch)`` stored as the epoch's ``ext``, ``on_end``.
+As in fixed mode, state held by the hooks is not checkpointed.
+
 Checkpoint (``checkpoint=path``): written atomically (temporary file + rename) after every epoch with
 the model, optimizer, every RNG state and the history; a killed run resumes from its last finished epoch.
 """
@@ -33,7 +39,7 @@ from reimpl.dllm2rec import losses as dlosses
 from reimpl.dllm2rec.config import DLLM2RecConfig
 from reimpl.dllm2rec.evaluate import evaluate
 from reimpl.dllm2rec.student import build_student
-from reimpl.dllm2rec.train import DLLM2RecData
+from reimpl.dllm2rec.train import DLLM2RecData, TrainHooks
 from reimpl.engine import forward, losses
 from reimpl.engine.sampling import sample_negatives
 
@@ -96,13 +102,19 @@ class Batches:
 class Session:
     """Student, optimizer, resident tensors and random streams of one run; :meth:`step` is one optimizer step."""
 
-    def __init__(self, cfg: EngineConfig, data: DLLM2RecData):
+    def __init__(self, cfg: EngineConfig, data: DLLM2RecData, hooks: TrainHooks | None = None):
         s = self.s = cfg.student
         self.cfg, self.data, self.obj = cfg, data, cfg.objective_spec()
+        self.hooks = hooks or TrainHooks()
         torch.manual_seed(s.seed)
         self.model = build_student(s, data.item_num, data.seq_size)
+        if self.hooks.init_model is not None:
+            self.hooks.init_model(self.model)
+        params = list(self.model.parameters())
+        if self.hooks.extra_params:
+            params = [{"params": params}, {"params": list(self.hooks.extra_params)}]
         # fused: one kernel over all parameters (same update formula; ~5x faster than the per-tensor loop on CPU)
-        self.opt = torch.optim.Adam(self.model.parameters(), lr=s.lr, eps=1e-8, weight_decay=s.l2_decay, fused=True)
+        self.opt = torch.optim.Adam(params, lr=s.lr, eps=1e-8, weight_decay=s.l2_decay, fused=True)
         self.gen = torch.Generator().manual_seed(s.seed)
         self.seq, self.lens, self.nxt = (torch.from_numpy(np.array(a, dtype=np.int64)) for a in
                                          (data.train_seq, data.train_len, data.train_next))
@@ -130,14 +142,18 @@ class Session:
         obj, data = self.obj, self.data
         b_seq, b_len, b_t = self.seq[rows], self.lens[rows], self.nxt[rows]
         neg = sample_negatives(b_seq, b_t, data.item_num, self.gen) if self.need_neg else None
+        hk = self.hooks
+        r = forward.representation(self.model, b_seq, b_len, self.table_ext)  # [B, D]
         if self.full:
-            out = forward.scores(self.model, b_seq, b_len, self.table_ext)
-            loss, _ = losses.loss(out, b_t, neg, obj, ps=self.ps,
+            kd_weight = None if hk.kd_weight is None else (lambda out: hk.kd_weight(rows.numpy(), out))
+            loss, _ = losses.loss(self.model.s_fc(r), b_t, neg, obj, ps=self.ps,
                                   candidates=None if obj.lam == 0 else data.candidates[rows],
-                                  confidence=None if obj.lam == 0 else data.confidence[rows])
+                                  confidence=None if obj.lam == 0 else data.confidence[rows], kd_weight=kd_weight)
         else:  # BCE only: two columns of the head
-            o = forward.scores_at(self.model, b_seq, b_len, torch.cat([b_t.view(-1, 1), neg], 1), self.table_ext)
+            o = forward.head_at(self.model, r, torch.cat([b_t.view(-1, 1), neg], 1))
             loss = losses.bce_at(o[:, :1], o[:, 1:])
+        if hk.extra_loss is not None:
+            loss = loss + hk.extra_loss(rows.numpy(), r)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"engine: training loss is {loss.item()}")
         self.opt.zero_grad(set_to_none=True)
@@ -147,11 +163,13 @@ class Session:
 
 
 def train(cfg: EngineConfig, data: DLLM2RecData, *, checkpoint: str | Path | None = None, log=print,
-          on_epoch=None) -> dict:
+          on_epoch=None, hooks: TrainHooks | None = None) -> dict:
     """Train, evaluate every ``eval_every`` epochs, early-stop; returns the metrics dict (history per epoch).
 
-    ``on_epoch(rec)`` is called after each epoch with its record (for stores / progress)."""
-    sess = Session(cfg, data)
+    ``on_epoch(rec)`` is called after each epoch with its record (for stores / progress); ``hooks``: see the
+    module docstring."""
+    sess = Session(cfg, data, hooks)
+    hooks = sess.hooks
     s, model, opt, gen, batches, table = sess.s, sess.model, sess.opt, sess.gen, sess.batches, sess.table
     nb = batches.nb
     state = {"epoch": 0, "best_score": 0.0, "best_epoch": 0, "history": [], "best": None,
@@ -192,6 +210,10 @@ def train(cfg: EngineConfig, data: DLLM2RecData, *, checkpoint: str | Path | Non
                 state["stopped_early"] = True
             log(f"epoch {state['epoch']}: loss {rec['loss']:.5f} val ndcg@{s.topk[-1]} {score:.5f} "
                 f"best epoch {state['best_epoch']}")
+            if hooks.on_epoch_end is not None:
+                extra = hooks.on_epoch_end(model, state["epoch"])
+                if extra is not None:
+                    rec["ext"] = extra
         state["history"].append(rec)
         if ck_path is not None:
             ckpt_io.save(ck_path, {"config": cfg.as_dict(), "model": model.state_dict(),
@@ -201,6 +223,8 @@ def train(cfg: EngineConfig, data: DLLM2RecData, *, checkpoint: str | Path | Non
                          kind=CKPT_KIND)
         if on_epoch is not None:
             on_epoch(rec)
+    if hooks.on_end is not None:
+        hooks.on_end(model)
     return {"config": cfg.as_dict(), "selected_on": "val", "best_epoch": state["best_epoch"],
             "best": state["best"], "epochs_run": state["epoch"], "stopped_early": state["stopped_early"],
             "history": state["history"], "train_s": state["train_s"], "eval_s": state["eval_s"]}
