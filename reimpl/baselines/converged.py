@@ -301,7 +301,21 @@ def report(plan: ConvergedPlan = CONVERGED, store_root: str | None = None, out: 
             sections.append({"dataset": d, "label": DATASETS[d][0], "objective": o, "rows": rows, "facts": facts,
                              "chance": chance(facts["item_num"]) if facts else None,
                              "figure": os.path.relpath(fig, out.parent) if fig else None})
-    text = template_env().get_template("converged.md.j2").render(
+    from reimpl.results.store import Store
+
+    agreement = []
+    for r in Store(store_root).records("converged-reference"):
+        ref, mine = r["sides"]["reference"], r["sides"]["faithful"]
+        last = ref["history"][-1]
+        eng = recs.get(plan.run((r["config"]["dataset"], r["config"]["model"], "bce"), r["config"]["seed"], ()).run_id)
+        eng_row = next((h for h in eng["history"] if h["epoch"] == r["config"]["epochs"]), None) if eng else None
+        agreement.append({"dataset": r["config"]["dataset"], "model": r["config"]["model"], "seed": r["config"]["seed"],
+                          "epochs": r["config"]["epochs"], "verdict": r["verdict"],
+                          "ref_wall": ref["wall_s"], "faithful_wall": mine["wall_s"],
+                          "ref_val": last["val"]["ndcg"][-1], "ref_test": last["test"]["ndcg"][-1],
+                          "eng_val": eng_row["val"]["ndcg"][-1] if eng_row else None,
+                          "eng_test": eng_row["test"]["ndcg"][-1] if eng_row else None})
+    text = template_env().get_template("converged.md.j2").render(agreement=agreement,
         plan=plan, sections=sections, n_records=len(recs), grid=[tag(g) for g in plan.grid],
         platforms=sorted({f"{r['platform']['cpu']}, {r['threads']} thread(s), torch {r['platform']['torch']}"
                           for r in recs.values()}),
