@@ -163,11 +163,12 @@ class Session:
 
 
 def train(cfg: EngineConfig, data: DLLM2RecData, *, checkpoint: str | Path | None = None, log=print,
-          on_epoch=None, hooks: TrainHooks | None = None) -> dict:
+          on_epoch=None, hooks: TrainHooks | None = None, keep_best: bool = False) -> dict:
     """Train, evaluate every ``eval_every`` epochs, early-stop; returns the metrics dict (history per epoch).
 
     ``on_epoch(rec)`` is called after each epoch with its record (for stores / progress); ``hooks``: see the
-    module docstring."""
+    module docstring; ``keep_best``: also return the student's weights at the selected epoch (``best_state``;
+    not kept across a resume)."""
     sess = Session(cfg, data, hooks)
     hooks = sess.hooks
     s, model, opt, gen, batches, table = sess.s, sess.model, sess.opt, sess.gen, sess.batches, sess.table
@@ -175,6 +176,7 @@ def train(cfg: EngineConfig, data: DLLM2RecData, *, checkpoint: str | Path | Non
     state = {"epoch": 0, "best_score": 0.0, "best_epoch": 0, "history": [], "best": None,
              "stopped_early": False, "train_s": 0.0, "eval_s": 0.0}
     ck_path = Path(checkpoint) if checkpoint else None
+    best_state = None
     if ck_path is not None and ck_path.is_file():
         ck = ckpt_io.load(ck_path, kind=CKPT_KIND)
         if ck["config"] != cfg.as_dict():
@@ -206,6 +208,8 @@ def train(cfg: EngineConfig, data: DLLM2RecData, *, checkpoint: str | Path | Non
             score = rec["val"]["ndcg"][-1]
             if score > state["best_score"] or state["best"] is None:
                 state.update(best_score=score, best_epoch=state["epoch"], best=rec)
+                if keep_best:
+                    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
             elif state["epoch"] - state["best_epoch"] >= s.patience:
                 state["stopped_early"] = True
             log(f"epoch {state['epoch']}: loss {rec['loss']:.5f} val ndcg@{s.topk[-1]} {score:.5f} "
@@ -225,6 +229,7 @@ def train(cfg: EngineConfig, data: DLLM2RecData, *, checkpoint: str | Path | Non
             on_epoch(rec)
     if hooks.on_end is not None:
         hooks.on_end(model)
-    return {"config": cfg.as_dict(), "selected_on": "val", "best_epoch": state["best_epoch"],
+    extra = {"best_state": best_state} if keep_best else {}
+    return {**extra, "config": cfg.as_dict(), "selected_on": "val", "best_epoch": state["best_epoch"],
             "best": state["best"], "epochs_run": state["epoch"], "stopped_early": state["stopped_early"],
             "history": state["history"], "train_s": state["train_s"], "eval_s": state["eval_s"]}

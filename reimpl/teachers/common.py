@@ -27,6 +27,15 @@ from reimpl.data import DataError, load_ilora
 
 LASTFM_ITEMS = 4606          # lastfm_data.py:19 padding_item_id
 SPLIT_CODE = {"train": 0, "val": 1, "test": 2}
+# data sets a teacher trains on: iLoRA's LastFM as published, and the leave-one-out splits of
+# reimpl.data.protocols (the converged baselines' protocol; reimpl.baselines.converged.DATASETS)
+DATASETS = ("lastfm", "ml100k-loo", "lastfm-loo")
+# the prompt texts per domain: (history prefix, empty-history text, suffix)
+DOMAIN_TEXT = {
+    "lastfm": ("This user has listened to ", "This user has not listened to any artist yet",
+               ". The next artist this user will listen to is"),
+    "ml-100k": ("This user has watched ", "This user has not watched any movie yet",
+                ". The next movie this user will watch is")}
 
 
 @dataclass
@@ -53,23 +62,65 @@ class Rows:
 
 @dataclass
 class LastFM:
+    """A teacher's data set (LastFM as published, or a leave-one-out split: see :func:`load_dataset`)."""
+
     train: Rows
     val: Rows
     test: Rows
     titles: dict[int, str]
     item_num: int
     data_dir: str
+    name: str = "lastfm"
+    domain: str = "lastfm"
+    digest: str = ""
+
+    @property
+    def loo(self) -> bool:
+        return self.name.endswith("-loo")
+
+
+def _check_titles(titles: dict, item_num: int, path) -> None:
+    missing = sorted(set(range(item_num)) - set(titles))
+    if missing:
+        raise DataError(f"{path}: no title for item ids {missing[:20]}{' ...' if len(missing) > 20 else ''} "
+                        f"({len(missing)} of {item_num} missing); every item needs a text")
+
+
+def load_dataset(name: str, lastfm_dir: str | Path, shared: str | Path | None = None) -> LastFM:
+    """``lastfm`` (:func:`load_lastfm` of ``lastfm_dir``) or a leave-one-out split (``ml100k-loo``: titles from
+    ``u.item``; ``lastfm-loo``: from the iLoRA frames' ``id2name.txt``). LOO rows are the protocol's splits in
+    order (train row ``i`` = the student's train row ``i``); there are no held-out train rows: val and test are
+    each user's last two interactions, which no train row has as its target."""
+    if name == "lastfm":
+        return load_lastfm(lastfm_dir)
+    if name not in DATASETS:
+        raise ValueError(f"--dataset: expected one of {DATASETS}, got {name!r}")
+    from reimpl.data import read_u_item
+    from reimpl.data.protocols import LOOConfig, build
+    from reimpl.paths import DATA
+
+    source = "ml-100k" if name == "ml100k-loo" else "lastfm"
+    d = build(LOOConfig(source), shared)
+    ds = d.dataset
+    data = Path(shared) / "data" if shared is not None else DATA
+    if source == "ml-100k":
+        tpath = data / "ml-100k" / "u.item"
+        titles = read_u_item(tpath, mode="fixed")
+    else:
+        tpath = Path(lastfm_dir)
+        titles = load_ilora(tpath, item_num=ds.item_num, mode="fixed").titles or {}
+    _check_titles(titles, ds.item_num, tpath)
+    out = {k: Rows(k, np.array(ds[k].seqs), np.array(ds[k].next), np.arange(ds[k].n), ds.item_num)
+           for k in ("train", "val", "test")}
+    return LastFM(out["train"], out["val"], out["test"], titles, ds.item_num, str(tpath), name=name, domain=source,
+                  digest=d.digest)
 
 
 def load_lastfm(data_dir: str | Path, item_num: int = LASTFM_ITEMS) -> LastFM:
     """The three splits + titles; refuses a title file that lacks item ids (names them)."""
     ds = load_ilora(Path(data_dir), item_num=item_num, mode="fixed")
     titles = ds.titles or {}
-    missing = sorted(set(range(item_num)) - set(titles))
-    if missing:
-        raise DataError(f"{Path(data_dir) / 'id2name.txt'}: no title for item ids {missing[:20]}"
-                        f"{' ...' if len(missing) > 20 else ''} ({len(missing)} of {item_num} missing); every item "
-                        "needs a text")
+    _check_titles(titles, item_num, Path(data_dir) / "id2name.txt")
     out = {}
     for name in ("train", "val", "test"):
         s = ds[name]
@@ -104,12 +155,12 @@ def candidates(rows: Rows, n: int, seed: int) -> np.ndarray:
     return out
 
 
-def history_text(titles: dict[int, str], hist: Sequence[int]) -> str:
+def history_text(titles: dict[int, str], hist: Sequence[int], domain: str = "lastfm") -> str:
     """The user text the LLM reads (an instruction ending where the next item would follow)."""
+    prefix, empty, suffix = DOMAIN_TEXT[domain]
     if not hist:
-        return "This user has not listened to any artist yet. The next artist this user will listen to is"
-    return ("This user has listened to " + ", ".join(titles[i] for i in hist)
-            + ". The next artist this user will listen to is")
+        return empty + suffix
+    return prefix + ", ".join(titles[i] for i in hist) + suffix
 
 
 # ------------------------------------------------------------------------------------------------- metrics

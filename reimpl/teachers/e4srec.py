@@ -63,7 +63,7 @@ class E4SRecConfig:
 
 
 class E4SRec(nn.Module):
-    def __init__(self, cfg: E4SRecConfig, llm, tokenizer, sasrec):
+    def __init__(self, cfg: E4SRecConfig, llm, tokenizer, sasrec, prefix: str = PREFIX, suffix: str = SUFFIX):
         super().__init__()
         self.cfg = cfg
         body = getattr(llm, "model", llm)                   # LlamaModel: no LM head is ever run
@@ -89,8 +89,8 @@ class E4SRec(nn.Module):
         self.router = NLPRouter(RouterConfig(num_moe=cfg.num_moe, mode="fixed")) if cfg.gate == "ilora" else None
         ids = lambda s: torch.tensor(tokenizer(s, add_special_tokens=False)["input_ids"], dtype=torch.long)  # noqa: E731
         bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
-        self.register_buffer("prefix_ids", torch.cat([torch.tensor(bos, dtype=torch.long), ids(PREFIX)]))
-        self.register_buffer("suffix_ids", ids(SUFFIX))
+        self.register_buffer("prefix_ids", torch.cat([torch.tensor(bos, dtype=torch.long), ids(prefix)]))
+        self.register_buffer("suffix_ids", ids(suffix))
 
     def gate(self, seqs: torch.Tensor, lens: torch.Tensor) -> torch.Tensor:
         """``[B, E]``: iLoRA's router over the SASRec user state, or uniform ``1/E``."""

@@ -39,6 +39,11 @@ SMOLLM2_ID = "smollm2-135m-instruct-q4_1"
 
 @dataclass
 class RunOptions:
+    # lastfm: iLoRA's LastFM as published (held-out = the last train rows, SASRec bar = rec_model/lastfm.pt);
+    # ml100k-loo / lastfm-loo: the leave-one-out splits of the converged baselines (eval on every user's val and
+    # test row; SASRec bar trained here on the split's train rows, reimpl.teachers.bar); records go to
+    # results/teachers/<dataset>/
+    dataset: str = field(default="lastfm", metadata={"choices": list(common.DATASETS)})
     data_dir: str = str(SHARED / "data" / "ilora" / "lastfm")
     sasrec_ckpt: str = str(SHARED / "data" / "ilora" / "rec_model" / "lastfm.pt")
     heldout_rows: int = 2000
@@ -69,9 +74,37 @@ def _env(opts: RunOptions) -> dict:
             "cpu_count": os.cpu_count(), "machine": platform.machine(), "load_at_start": _load()}
 
 
+def load_data(opts: RunOptions) -> common.LastFM:
+    return common.load_dataset(opts.dataset, opts.data_dir)
+
+
+def results_dir(opts: RunOptions) -> str:
+    return opts.results_dir if opts.dataset == "lastfm" else str(Path(opts.results_dir) / opts.dataset)
+
+
+def teacher_name(opts: RunOptions, default: str) -> str:
+    return opts.name or (default if opts.dataset == "lastfm" else f"{opts.dataset}-{default}")
+
+
+def data_facts(d: common.LastFM) -> dict:
+    return {"dataset": d.name, "digest": d.digest, "rows": {k: len(getattr(d, k)) for k in ("train", "val", "test")}}
+
+
+def load_bar(d: common.LastFM, opts: RunOptions):
+    """(SASRec bar, facts): the iLoRA checkpoint on LastFM as published, else trained on the LOO train rows."""
+    if d.loo:
+        from reimpl.teachers.bar import train_bar
+
+        return train_bar(d.name, log=lambda m: print(f"bar: {m}", flush=True))
+    from reimpl.ilora.sasrec import load_checkpoint
+
+    return load_checkpoint(opts.sasrec_ckpt, mode="fixed"), {"checkpoint": opts.sasrec_ckpt}
+
+
 def train_rows(d: common.LastFM, opts: RunOptions, seed: int) -> common.Rows:
-    """The non-held-out train rows, or a seeded sample of ``max_train_rows`` of them (in frame order)."""
-    train, _ = common.split_train(d.train, opts.heldout_rows)
+    """The non-held-out train rows (every train row of a LOO split), or a seeded sample of ``max_train_rows``
+    of them (in frame order)."""
+    train = d.train if d.loo else common.split_train(d.train, opts.heldout_rows)[0]
     if opts.max_train_rows is None or opts.max_train_rows >= len(train):
         return train
     g = np.random.default_rng(seed)
@@ -79,6 +112,9 @@ def train_rows(d: common.LastFM, opts: RunOptions, seed: int) -> common.Rows:
 
 
 def eval_sets(d: common.LastFM, opts: RunOptions) -> dict[str, common.Rows]:
+    if d.loo:  # every user's val and test row (the first eval_rows of each when given)
+        return {k: r if opts.eval_rows is None else r.take(slice(0, opts.eval_rows))
+                for k, r in (("val", d.val), ("test", d.test))}
     _, held = common.split_train(d.train, opts.heldout_rows)
     if opts.eval_rows is not None:
         held = held.take(slice(0, opts.eval_rows))
@@ -125,8 +161,10 @@ def _export(folder: str, name: str, scores_fn, d: common.LastFM, emb: torch.Tens
     return {"file": str(p.relative_to(ROOT)) if p.is_relative_to(ROOT) else str(p), "rows": len(d.train), "k": k,
             "bytes": p.stat().st_size,
             "export_s": round(time.perf_counter() - t0, 2), "target_in_topk_all_items": float(hit.mean()),
-            "note": "top-k over all items (history masked); rows 0..N-1 of the LastFM train split, held-out rows "
-                    "included (the teacher never trained on them)"}
+            "note": (f"top-k over all items (history masked); rows 0..N-1 of the {d.name} train split (the student's "
+                     "train rows, in order)" if d.loo else
+                     "top-k over all items (history masked); rows 0..N-1 of the LastFM train split, held-out rows "
+                     "included (the teacher never trained on them)")}
 
 
 # ------------------------------------------------------------------------------------------------- encoders
@@ -145,13 +183,14 @@ _ARGV: list[str] = []
 def item_vectors(d: common.LastFM, opts: RunOptions, pooling: str) -> tuple[torch.Tensor, dict]:
     """``[I, d_llm]`` frozen text vectors of every item title (cached)."""
     titles = [d.titles[i] for i in range(d.item_num)]
+    tag = "" if d.name == "lastfm" else f"{d.name}-"   # LastFM keeps its cache names
     if opts.llm == "random":   # control: no text at all
         g = torch.Generator().manual_seed(0)
         return torch.randn(d.item_num, 576, generator=g), {"llm": "random N(0,1) vectors (no text; a control)"}
     if opts.llm == "minilm":
         from reimpl.llm.real import load_minilm
 
-        cache = RUNS / "teachers" / "enc" / "minilm-items.npy"
+        cache = RUNS / "teachers" / "enc" / f"{tag}minilm-items.npy"
         t0 = time.perf_counter()
         if not cache.is_file():
             m = load_minilm()
@@ -167,12 +206,12 @@ def item_vectors(d: common.LastFM, opts: RunOptions, pooling: str) -> tuple[torc
         model, mid = tiny_llama(seed=0, vocab_size=len(tok)), "tiny-llama-seed0"
     else:
         mid = SMOLLM2_ID
-        folder = RUNS / "teachers" / "enc" / f"{mid}-items"
+        folder = RUNS / "teachers" / "enc" / f"{tag}{mid}-items"
         done = all((folder / f"chunk_{c:05d}.npz").is_file() for c in range(-(-len(titles) // 512)))
         model, tok = (None, None) if done else _smollm2()   # a complete cache needs no model (meta.json pins it)
     from reimpl.teachers.encode import encode_cached
 
-    last, mean, st = encode_cached(RUNS / "teachers" / "enc" / f"{mid}-items", model, tok, titles, mid, chunk=512,
+    last, mean, st = encode_cached(RUNS / "teachers" / "enc" / f"{tag}{mid}-items", model, tok, titles, mid, chunk=512,
                                    dtype=torch.bfloat16 if opts.llm == "smollm2" else None)
     return torch.from_numpy(last if pooling == "last" else mean), {"llm": mid, "pooling": pooling, "encode": st}
 
@@ -180,10 +219,10 @@ def item_vectors(d: common.LastFM, opts: RunOptions, pooling: str) -> tuple[torc
 # ----------------------------------------------------------------------------------------------- commands
 def run_dense(cfg: dense.DenseConfig, opts: RunOptions) -> Path:
     torch.manual_seed(cfg.seed)
-    d = common.load_lastfm(opts.data_dir)
+    d = load_data(opts)
     train = train_rows(d, opts, cfg.seed)
     sets = eval_sets(d, opts)
-    name = opts.name or (f"dense-{opts.llm}-{cfg.pooling}" + ("-id" if cfg.id_embeddings else ""))
+    name = teacher_name(opts, f"dense-{opts.llm}-{cfg.pooling}" + ("-id" if cfg.id_embeddings else ""))
     rec = {"teacher": name, "method": "dense", "config": dataclasses.asdict(cfg), "options": dataclasses.asdict(opts),
            "env": _env(opts), "command": _command()}
     require(cfg.user_encoder == "items", "--user_encoder",
@@ -197,27 +236,26 @@ def run_dense(cfg: dense.DenseConfig, opts: RunOptions) -> Path:
     rec["eval"] = {k: evaluate(dense.score_all(model, dense.hist_tensor(r.seqs, d.item_num), None), r, opts)
                    for k, r in sets.items()}
     rec["eval_s"] = round(time.perf_counter() - t0, 2)
-    from reimpl.ilora.sasrec import load_checkpoint
-
-    rec["sasrec_bar"] = sasrec_bar(load_checkpoint(opts.sasrec_ckpt, mode="fixed"), sets, opts)
+    sas, rec["sasrec_bar_model"] = load_bar(d, opts)
+    rec["sasrec_bar"] = sasrec_bar(sas, sets, opts)
     if opts.export:
         with torch.no_grad():
             emb = model.items()
-        rec["export"] = _export(opts.results_dir, name,
+        rec["export"] = _export(results_dir(opts), name,
                                 lambda r: dense.score_all(model, dense.hist_tensor(r.seqs, d.item_num), None), d, emb,
                                 {"teacher": name, "config": rec["config"]})
     rec["env"]["load_at_end"] = _load()
-    return _write(opts.results_dir, name, rec)
+    rec["data"] = data_facts(d)
+    return _write(results_dir(opts), name, rec)
 
 
 def run_e4srec(cfg: e4srec.E4SRecConfig, opts: RunOptions) -> Path:
-    from reimpl.ilora.sasrec import load_checkpoint
-
+    d = load_data(opts)
+    bar = load_bar(d, opts) if d.loo else None   # before the seed: the bar's training must not move this run's RNG
     torch.manual_seed(cfg.seed)
-    d = common.load_lastfm(opts.data_dir)
     tr = train_rows(d, opts, cfg.seed)
     sets = eval_sets(d, opts)
-    sas = load_checkpoint(opts.sasrec_ckpt, mode="fixed")
+    sas, bar_facts = bar or load_bar(d, opts)    # LastFM: the checkpoint, built after the seed as it always was
     if opts.llm == "tiny":
         from reimpl.llm.tiny import load_tiny_tokenizer, tiny_llama
 
@@ -228,8 +266,9 @@ def run_e4srec(cfg: e4srec.E4SRecConfig, opts: RunOptions) -> Path:
         from reimpl.llm.real import load_smollm2
 
         llm, tok = load_smollm2()
-    name = opts.name or f"e4srec-{opts.llm}" + (f"-moe{cfg.num_moe}-{cfg.gate}" if cfg.num_moe > 1 else "")
-    model = e4srec.E4SRec(cfg, llm, tok, sas)
+    name = teacher_name(opts, f"e4srec-{opts.llm}" + (f"-moe{cfg.num_moe}-{cfg.gate}" if cfg.num_moe > 1 else ""))
+    prefix, _, suffix = common.DOMAIN_TEXT[d.domain]
+    model = e4srec.E4SRec(cfg, llm, tok, sas, prefix=prefix.rstrip(), suffix=suffix)
     ck_dir = RUNS / "teachers" / name
     ck = ck_dir / "ckpt.pt"
     start, curve = 0, []
@@ -256,7 +295,7 @@ def run_e4srec(cfg: e4srec.E4SRecConfig, opts: RunOptions) -> Path:
     info = e4srec.train_e4srec(model, tr.seqs, tr.next, d.item_num, log=lambda m: print(m, flush=True),
                                checkpoint=save, start_step=start, curve=curve)
     rec["train"] = {"rows": len(tr), "resumed_at_step": start, **info}
-    prev = Path(opts.results_dir) / f"{name}.json"
+    prev = Path(results_dir(opts)) / f"{name}.json"
     if start == info["steps"] and prev.is_file():
         # a finished run re-entered (e.g. to add --export): keep the record of the training that produced it
         old = json.loads(prev.read_text())
@@ -274,11 +313,13 @@ def run_e4srec(cfg: e4srec.E4SRecConfig, opts: RunOptions) -> Path:
     rec["eval_s"] = round(secs, 2)
     rec["export_rows_per_s"] = round(n_eval / max(secs, 1e-9), 2)   # one forward per row scores every item
     rec["sasrec_bar"] = sasrec_bar(sas, sets, opts)
+    rec["sasrec_bar_model"] = bar_facts
     if opts.export:
-        rec["export"] = _export(opts.results_dir, name, lambda r: e4srec.score_all(model, r.seqs, d.item_num), d,
+        rec["export"] = _export(results_dir(opts), name, lambda r: e4srec.score_all(model, r.seqs, d.item_num), d,
                                 model.items.detach(), {"teacher": name, "config": rec["config"]}, chunk=256)
     rec["env"]["load_at_end"] = _load()
-    return _write(opts.results_dir, name, rec)
+    rec["data"] = data_facts(d)
+    return _write(results_dir(opts), name, rec)
 
 
 def run_llamarec(cfg, opts: RunOptions, splits: tuple[str, ...]) -> Path:
@@ -403,6 +444,8 @@ def main(argv=None) -> int:
     _ARGV[:] = list(sys.argv[1:] if argv is None else argv)
     parser = {"dense": pd, "e4srec": pe, "llamarec": pl, "sasrec": ps}[a.cmd]
     opts = build(parser, lambda: from_namespace(RunOptions, a))
+    require(a.cmd in ("dense", "e4srec") or opts.dataset == "lastfm", "--dataset",
+            "lastfm for the llamarec and sasrec commands (leave-one-out splits: dense and e4srec)", opts.dataset)
     torch.set_num_threads(opts.threads)
     if a.cmd == "dense":
         out = run_dense(build(parser, lambda: from_namespace(dense.DenseConfig, a)), opts)
