@@ -21,10 +21,26 @@ def test_plan_arms_and_ids():
     assert runs[0].config()["teacher"] is None and runs[1].config()["teacher"] == dz.TEACHER
 
 
+def test_loo_plan_uses_the_tuned_points():
+    plan = dz.PLANS["ml100k-loo"]
+    tuned = {"SASRec": (("lr", 0.003),), "GRU": None, "Caser": ()}
+    runs = plan.runs(tuned)
+    assert {r.model for r in runs} == {"SASRec", "Caser"}  # GRU: tuning not complete, not planned yet
+    sas = next(r for r in runs if r.model == "SASRec" and r.arm == "kd")
+    assert sas.engine_config().student.lr == 0.003 and sas.protocol().source == "ml-100k"
+    assert sas.run_id == "ml100k-loo__SASRec__lr=0.003__kd__ml100k-loo-e4srec-smollm2__s1"
+    assert dz.teacher_path(sas.teacher, sas.dataset).parent.name == "ml100k-loo"
+    ml = dz.DistilledRun("GRU", "plain", 1, dataset="ml100k-loo", overrides=(("max_len", 50),))
+    assert ml.protocol().max_len == 50 and ml.config()["overrides"] == [["max_len", 50]]
+
+
+FACTS = {"item_num": 4606, "rows": {"train": 50800, "val": 122, "test": 122}}
+
+
 def _record(run, ndcg20, hr20=0.1):
     hist = [{"epoch": 1, "test": {"hr": [0.0, 0.0, hr20 / 2, hr20], "ndcg": [0.0, 0.0, ndcg20 / 2, ndcg20]}}]
     return {"schema": 1, "plan": dz.PLAN_NAME, "run_id": run.run_id, "config": run.config(), "history": hist,
-            "best_epoch": 1, "timing": {"train_s": 10.0}, "data": {"digest": "x", "facts": {"item_num": 4606}}}
+            "best_epoch": 1, "timing": {"train_s": 10.0}, "data": {"digest": "x", "facts": FACTS}}
 
 
 def test_report_from_records_only(tmp_path):
@@ -34,9 +50,9 @@ def test_report_from_records_only(tmp_path):
     for r in plan.runs():
         nd = 0.05 + 0.01 * r.seed + (0.02 if r.arm == "kd" else 0.0) + (0.001 * r.seed if r.arm == "kd" else 0)
         (d / f"{r.run_id}.json").write_text(json.dumps(_record(r, nd)))
-    text = dz.report(plan, store_root=str(tmp_path), out=tmp_path / "r.md")
-    assert "| SASRec | kd | 3 of 3 |" in text and "| SASRec | 3 |" in text
-    delta = dz.paired(plan, dz.records(str(tmp_path)), "SASRec", "ndcg", 20)
+    text = dz.report({"lastfm": plan}, store_root=str(tmp_path), out=tmp_path / "r.md")
+    assert "| SASRec | default | kd | 3 of 3 |" in text and "| SASRec | 3 |" in text
+    delta = dz.paired(plan.runs(), dz.records(str(tmp_path)), "SASRec", "ndcg", 20)
     assert delta["n"] == 3 and abs(delta["mean"] - 0.022) < 1e-12 and delta["p"] < 0.01
 
 

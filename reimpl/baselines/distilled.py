@@ -1,24 +1,31 @@
 """Students distilled from a committed teacher export, beside their undistilled twins, trained by the engine.
 
-Plan (:data:`DISTILLED`): SASRec, GRU4Rec, Caser x {``plain``, ``kd``} x seeds 1-5 on LastFM as iLoRA publishes
-it (50,800 train rows of 976 users; 122 val and 122 test users, disjoint from the train users). ``kd`` reads the
-teacher's compact export from ``results/teachers/<teacher>.safetensors`` (no teacher training here; rows checked
-against the train split at read, :func:`reimpl.teachers.export.read_compact`) and trains with DLLM2Rec's default
-distillation (``lam`` 0.8, ``ed_weight`` 0.2, ``alpha`` 1, main.py:28-40); ``plain`` sets all three to 0. Both:
-the reference's BCE with one negative, fixed mode's maths through :mod:`reimpl.engine`, selection and early
-stopping on VAL NDCG@20 (patience 10, cap 200 epochs), TEST at the selected epoch.
+Plans (:data:`PLANS`): SASRec, GRU4Rec, Caser x {``plain``, ``kd``} x seeds 1-5, per data set:
 
-Why this split and not leave-one-out: the committed exports rank the published train rows, and their teachers
-start from (E4SRec) or were checked against the SASRec checkpoint the iLoRA authors trained on every train row.
-On LastFM LOO the val/test targets of the 976 train users *are* published train rows, so such a teacher has seen
-them; the published val/test users it has not. LOO distillation needs teachers retrained on LOO train rows.
+* ``lastfm``: LastFM as iLoRA publishes it (50,800 train rows of 976 users; 122 val and 122 test users, disjoint
+  from the train users), the reference's default student settings, teacher ``e4srec-smollm2-l6-8000``;
+* ``ml100k-loo``: the converged baselines' leave-one-out split, each student at its tuned point of
+  ``reports/baselines_converged.md`` (objective ``bce``; a model joins once its tuning is complete), teacher
+  ``ml100k-loo-e4srec-smollm2`` trained on the split's train rows only (``results/teachers/ml100k-loo/``).
+
+``kd`` reads the teacher's compact export without retraining (rows checked against the train split at read,
+:func:`reimpl.teachers.export.read_compact`) and trains with DLLM2Rec's default distillation (``lam`` 0.8,
+``ed_weight`` 0.2, ``alpha`` 1, main.py:28-40); ``plain`` sets all three to 0. Both: the reference's BCE with one
+negative, fixed mode's maths through :mod:`reimpl.engine`, selection and early stopping on VAL NDCG@20
+(patience 10, cap 200 epochs), TEST at the selected epoch.
+
+Why LastFM's published split and not its leave-one-out split with the LastFM teacher: that export ranks the
+published train rows, and its teacher starts from the SASRec checkpoint the iLoRA authors trained on every train
+row. On LastFM LOO the val/test targets of the 976 train users *are* published train rows, so such a teacher has
+seen them; the published val/test users it has not. LOO distillation uses teachers trained on LOO train rows.
 
 Every finished run is one record in ``results/distilled/`` (:mod:`reimpl.results.store`) whose data digest pins
 the split arrays *and* the teacher file (sha256), so a record made with another export is refused.
 
 Usage::
 
-    python -m reimpl.baselines.distilled run [--jobs N] [--model M] [--arm plain|kd] [--max-runs N] [--commit]
+    python -m reimpl.baselines.distilled run [--dataset lastfm|ml100k-loo] [--jobs N] [--model M] [--arm plain|kd]
+        [--seed S] [--max-runs N] [--commit]
     python -m reimpl.baselines.distilled report    # reports/baselines_distilled.md from results/ only
 """
 
@@ -35,7 +42,7 @@ from pathlib import Path
 
 import numpy as np
 
-from reimpl.baselines.converged import MODELS, _git_commit, best_row, chance, ci95, template_env
+from reimpl.baselines.converged import DATASETS, MODELS, _git_commit, best_row, chance, ci95, tag, template_env
 from reimpl.paths import DATA, REPORTS, ROOT, RUNS
 
 PLAN_NAME = "distilled"
@@ -45,8 +52,9 @@ ARMS = {"plain": (("lam", 0.0), ("ed_weight", 0.0), ("alpha", 0.0)),
 METRICS = ("hr", "ndcg")
 
 
-def teacher_path(name: str) -> Path:
-    return ROOT / "results" / "teachers" / f"{name}.safetensors"
+def teacher_path(name: str, dataset: str = "lastfm") -> Path:
+    folder = ROOT / "results" / "teachers"
+    return (folder if dataset == "lastfm" else folder / dataset) / f"{name}.safetensors"
 
 
 @dataclass(frozen=True)
@@ -57,22 +65,37 @@ class DistilledRun:
     teacher: str = TEACHER
     epochs: int = 200
     patience: int = 10
+    dataset: str = "lastfm"        # "lastfm" (published split) or a reimpl.baselines.converged.DATASETS key
+    overrides: tuple = ()          # LOO: the converged plan's tuned point of (dataset, model, bce)
 
     @property
     def run_id(self) -> str:
-        return f"lastfm__{self.model}__{self.arm}__{self.teacher}__s{self.seed}"
+        if self.dataset == "lastfm":
+            return f"lastfm__{self.model}__{self.arm}__{self.teacher}__s{self.seed}"
+        from reimpl.baselines.converged import tag
+
+        return f"{self.dataset}__{self.model}__{tag(self.overrides)}__{self.arm}__{self.teacher}__s{self.seed}"
 
     def engine_config(self):
         from reimpl.dllm2rec.config import DLLM2RecConfig
         from reimpl.engine.train import EngineConfig
 
-        s = DLLM2RecConfig(model_name=self.model, data="lastfm", mode="fixed", epoch=self.epochs,
-                           patience=self.patience, seed=self.seed, **dict(ARMS[self.arm]))
+        ov = {k: (int(v) if k == "hidden_factor" else v) for k, v in self.overrides if k != "max_len"}
+        s = DLLM2RecConfig(model_name=self.model, data=self.dataset, mode="fixed", epoch=self.epochs,
+                           patience=self.patience, seed=self.seed, **ov, **dict(ARMS[self.arm]))
         return EngineConfig(s, objective="bce")
 
+    def protocol(self):
+        from reimpl.baselines.converged import DATASETS
+
+        return dataclasses.replace(DATASETS[self.dataset][1], max_len=int(dict(self.overrides).get("max_len", 10)))
+
     def config(self) -> dict:
-        return {"engine": self.engine_config().as_dict(), "split": "ilora-lastfm (published)",
-                "teacher": self.teacher if self.arm == "kd" else None}
+        cfg = {"engine": self.engine_config().as_dict(), "teacher": self.teacher if self.arm == "kd" else None}
+        if self.dataset == "lastfm":
+            return {**cfg, "split": "ilora-lastfm (published)"}
+        return {**cfg, "protocol": dataclasses.asdict(self.protocol()),
+                "overrides": [list(kv) for kv in self.overrides]}
 
 
 @dataclass(frozen=True)
@@ -81,30 +104,55 @@ class DistilledPlan:
     arms: tuple = tuple(ARMS)
     seeds: tuple = (1, 2, 3, 4, 5)
     teacher: str = TEACHER
+    dataset: str = "lastfm"
 
-    def runs(self) -> list[DistilledRun]:
-        """Seed major: a partial job leaves every (model, arm) with the same seeds done."""
-        return [DistilledRun(m, a, s, self.teacher) for s in self.seeds for m in self.models for a in self.arms]
+    def runs(self, tuned: dict | None = None) -> list[DistilledRun]:
+        """Seed major: a partial job leaves every (model, arm) with the same seeds done. LOO plans use the
+        converged plan's tuned point per model (``tuned``: {model: overrides}; a model not tuned yet is left out)."""
+        if self.dataset == "lastfm":
+            return [DistilledRun(m, a, s, self.teacher) for s in self.seeds for m in self.models for a in self.arms]
+        tuned = tuned if tuned is not None else tuned_points(self.dataset)
+        return [DistilledRun(m, a, s, self.teacher, dataset=self.dataset, overrides=tuned[m]) for s in self.seeds
+                for m in self.models if tuned.get(m) is not None for a in self.arms]
+
+
+def tuned_points(dataset: str, store_root: str | None = None) -> dict:
+    """{model: the converged plan's chosen grid point for (dataset, model, bce), or None while tuning runs}."""
+    from reimpl.baselines.converged import CONVERGED, records_by_id
+
+    chosen = CONVERGED.chosen(records_by_id(store_root))
+    return {m: chosen.get((dataset, m, "bce")) for m in MODELS}
 
 
 DISTILLED = DistilledPlan()
+# leave-one-out: the teachers of reports/teachers.md trained on each split's train rows only (results/teachers/<d>/)
+PLANS = {"lastfm": DISTILLED,
+         "ml100k-loo": DistilledPlan(teacher="ml100k-loo-e4srec-smollm2", dataset="ml100k-loo")}
 
 
 @lru_cache(maxsize=4)
-def load(teacher: str | None):
-    """(DLLM2RecData, digest, facts) of the published LastFM split, with ``teacher``'s export when given."""
+def load(teacher: str | None, dataset: str = "lastfm", protocol=None):
+    """(DLLM2RecData, digest, facts) of the published LastFM split or a LOO ``protocol`` (LOOConfig), with
+    ``teacher``'s export when given (cached per process; the engine does not modify it)."""
     import torch
 
     from reimpl.data import load_ilora
     from reimpl.data.protocols import split_digest, to_student_data
     from reimpl.teachers.export import read_compact
 
-    ds = load_ilora(DATA / "ilora" / "lastfm", name="lastfm")
-    data = to_student_data(ds)
-    digest = split_digest(ds)
+    if dataset == "lastfm":
+        ds = load_ilora(DATA / "ilora" / "lastfm", name="lastfm")
+        data = to_student_data(ds)
+        digest = split_digest(ds)
+    else:
+        from reimpl.data.protocols import build
+
+        built = build(protocol)
+        ds, digest = built.dataset, built.digest
+        data = to_student_data(ds)
     facts = {"item_num": ds.item_num, "rows": {k: ds[k].n for k in ("train", "val", "test")}}
     if teacher is not None:
-        path = teacher_path(teacher)
+        path = teacher_path(teacher, dataset)
         files, meta = read_compact(path, ds.item_num, n_train=ds["train"].n)  # rows 0..N-1, ids, finite
         data.candidates = torch.from_numpy(files.rank)
         data.confidence = torch.tensor(files.confidence, dtype=torch.float)
@@ -133,7 +181,8 @@ def run_one(run: DistilledRun, store_root: str | None = None, threads: int = 1,
 
     torch.set_num_threads(threads)
     store = Store(store_root)
-    data, digest, facts = load(run.teacher if run.arm == "kd" else None)
+    data, digest, facts = load(run.teacher if run.arm == "kd" else None, run.dataset,
+                               run.protocol() if run.dataset != "lastfm" else None)
     cfg = run.config()
     if store.get(PLAN_NAME, run.run_id, cfg, digest) is not None:
         return str(store.path(PLAN_NAME, run.run_id))
@@ -165,14 +214,13 @@ def _test(rec: dict, metric: str, k: int) -> float:
     return best_row(rec)["test"][metric][rec["config"]["engine"]["student"]["topk"].index(k)]
 
 
-def paired(plan: DistilledPlan, recs: dict, model: str, metric: str, k: int) -> dict:
+def paired(runs: list[DistilledRun], recs: dict, model: str, metric: str, k: int) -> dict:
     """kd minus plain on TEST ``metric@k``, over the seeds both arms finished: mean, 95 % CI, paired t p-value."""
     from scipy import stats
 
-    pairs = [(recs[DistilledRun(model, "kd", s, plan.teacher).run_id],
-              recs[DistilledRun(model, "plain", s, plan.teacher).run_id]) for s in plan.seeds
-             if DistilledRun(model, "kd", s, plan.teacher).run_id in recs
-             and DistilledRun(model, "plain", s, plan.teacher).run_id in recs]
+    by = {(r.arm, r.seed): recs.get(r.run_id) for r in runs if r.model == model}
+    pairs = [(by[("kd", s)], by[("plain", s)]) for (arm, s) in sorted(by) if arm == "kd"
+             and by.get(("kd", s)) is not None and by.get(("plain", s)) is not None]
     d = np.array([_test(a, metric, k) - _test(b, metric, k) for a, b in pairs])
     m, h = ci95(d)
     p = float(stats.ttest_rel([_test(a, metric, k) for a, _ in pairs], [_test(b, metric, k) for _, b in pairs]
@@ -180,28 +228,39 @@ def paired(plan: DistilledPlan, recs: dict, model: str, metric: str, k: int) -> 
     return {"n": len(d), "mean": m, "half": h, "p": p}
 
 
-def report(plan: DistilledPlan = DISTILLED, store_root: str | None = None, out: Path | None = None) -> str:
-    """``reports/baselines_distilled.md`` from the store only (no data or training needed)."""
-    recs = records(store_root)
-    item_num = next((r["data"]["facts"]["item_num"] for r in recs.values()), 4606)
+def section(plan: DistilledPlan, recs: dict, tuned: dict | None = None) -> dict:
+    """One data set's tables: per (model, arm) mean ± CI of the TEST metrics; kd − plain paired by seed."""
+    runs = plan.runs(tuned)
+    mine = [recs[r.run_id] for r in runs if r.run_id in recs]
     rows = []
     for m in plan.models:
         for a in plan.arms:
-            rs = [recs[r.run_id] for r in plan.runs() if r.model == m and r.arm == a and r.run_id in recs]
-            cell = {"model": m, "arm": a, "n": len(rs)}
+            rs = [recs[r.run_id] for r in runs if r.model == m and r.arm == a and r.run_id in recs]
+            point = next((r.overrides for r in runs if r.model == m), None)
+            cell = {"model": m, "arm": a, "n": len(rs), "point": "-" if point is None else tag(point)}
             for metric in METRICS:
                 for k in (10, 20):
                     cell[f"{metric}{k}"] = ci95([_test(r, metric, k) for r in rs]) if rs else None
             cell["epoch"] = ci95([r["best_epoch"] for r in rs]) if rs else None
             cell["train_s"] = ci95([r["timing"]["train_s"] for r in rs]) if rs else None
             rows.append(cell)
-    deltas = [{"model": m, **{f"{metric}{k}": paired(plan, recs, m, metric, k) for metric in METRICS
+    deltas = [{"model": m, **{f"{metric}{k}": paired(runs, recs, m, metric, k) for metric in METRICS
                               for k in (10, 20)}} for m in plan.models]
-    teacher = next((r["data"]["facts"].get("teacher") for r in recs.values() if r["data"]["facts"].get("teacher")),
-                   None)
-    text = template_env().get_template("distilled.md.j2").render(
-        plan=plan, rows=rows, deltas=deltas, teacher=teacher, n_records=len(recs), chance=chance(item_num),
-        item_num=item_num, facts=next((r["data"]["facts"] for r in recs.values()), None))
+    teacher = next((r["data"]["facts"]["teacher"] for r in mine if r["data"]["facts"].get("teacher")), None)
+    facts = next((r["data"]["facts"] for r in mine), None)
+    item_num = facts["item_num"] if facts else None
+    return {"plan": plan, "rows": rows, "deltas": deltas, "teacher": teacher, "facts": facts, "n_records": len(mine),
+            "chance": chance(item_num) if item_num else None, "item_num": item_num,
+            "label": "LastFM as published" if plan.dataset == "lastfm" else DATASETS[plan.dataset][0]}
+
+
+def report(plans: dict | None = None, store_root: str | None = None, out: Path | None = None,
+           tuned: dict | None = None) -> str:
+    """``reports/baselines_distilled.md`` from the store only (no data or training needed)."""
+    recs = records(store_root)
+    sections = [section(p, recs, None if tuned is None else tuned.get(p.dataset))
+                for p in (plans or PLANS).values()]
+    text = template_env().get_template("distilled.md.j2").render(sections=sections, n_records=len(recs))
     (out or REPORTS / "baselines_distilled.md").write_text(text)
     return text
 
@@ -213,6 +272,7 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--jobs", type=int, default=1)
     r.add_argument("--threads", type=int, default=1, help="torch threads per run")
     r.add_argument("--backend", choices=("local", "ray", "submitit"), default="local")
+    r.add_argument("--dataset", choices=tuple(PLANS), default="lastfm")
     r.add_argument("--model", action="append", choices=MODELS)
     r.add_argument("--arm", action="append", choices=tuple(ARMS))
     r.add_argument("--seed", action="append", type=int)
@@ -223,8 +283,9 @@ def main(argv: list[str] | None = None) -> int:
     if a.cmd == "report":
         print(report())
         return 0
-    plan = dataclasses.replace(DISTILLED, models=tuple(a.model or DISTILLED.models),
-                               arms=tuple(a.arm or DISTILLED.arms), seeds=tuple(a.seed or DISTILLED.seeds))
+    base = PLANS[a.dataset]
+    plan = dataclasses.replace(base, models=tuple(a.model or base.models), arms=tuple(a.arm or base.arms),
+                               seeds=tuple(a.seed or base.seeds))
     have = records()
     todo = [x for x in plan.runs() if x.run_id not in have][: a.max_runs]
     from reimpl.engine.dispatch import run_jobs
