@@ -111,3 +111,19 @@ def test_committed_exports_read_back():
         files, meta = ex.read_compact(p, 4606, n_train=50800)
         assert files.rank.shape[0] == 50800 and files.embeddings.shape == (4606, 4096), p
         assert p.stat().st_size < 20e6 and meta["teacher"], p
+
+
+def test_committed_loo_exports_read_back():
+    """Leave-one-out exports (results/teachers/<dataset>/) align with their split's train rows, in order."""
+    from reimpl.data.protocols import LOOConfig, build
+    from reimpl.paths import DATA, ROOT
+
+    found = sorted((ROOT / "results" / "teachers").glob("*-loo/*.safetensors"))
+    if not found:
+        pytest.skip("no committed leave-one-out teacher export")
+    if not DATA.is_dir():
+        pytest.skip("needs ../shared/data")
+    for p in found:
+        ds = build(LOOConfig("ml-100k" if p.parent.name == "ml100k-loo" else "lastfm")).dataset
+        files, meta = ex.read_compact(p, ds.item_num, n_train=ds["train"].n)
+        assert p.stat().st_size < 20e6 and meta["teacher"], p

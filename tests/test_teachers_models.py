@@ -120,3 +120,13 @@ def test_llamarec_rerank_one_pass_and_two_stage(tiny):
     full = llamarec.two_stage_scores(torch.randn(2, I), sc, cands)
     top = full.topk(4, dim=1).indices
     assert set(top[0].tolist()) == {3, 4, 5, 6} and int(top[1, 0]) == int(cands[1, sc[1].argmax()])
+
+
+def test_history_text_per_domain():
+    # LastFM's text is the one every committed LastFM teacher encoded: it must not move
+    assert common.history_text({1: "A", 2: "B"}, [1, 2]) == \
+        "This user has listened to A, B. The next artist this user will listen to is"
+    assert common.history_text({}, []) == \
+        "This user has not listened to any artist yet. The next artist this user will listen to is"
+    assert common.history_text({1: "A"}, [1], "ml-100k") == \
+        "This user has watched A. The next movie this user will watch is"
