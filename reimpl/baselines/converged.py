@@ -247,11 +247,12 @@ def chance(n_items: int) -> dict:
             "NDCG@20": sum(1 / math.log2(r + 1) for r in range(1, 21)) / n_items}
 
 
-def template_env():
-    """The baselines reports' Jinja2 environment; filter ``ci``: ``(mean, half)`` -> "m ± h" ("pending": None)."""
+def template_env(folder: Path | None = None):
+    """The baselines reports' Jinja2 environment (templates from ``folder``, default this package's); filter
+    ``ci``: ``(mean, half)`` -> "m ± h" ("pending": None)."""
     import jinja2
 
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"),
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(folder or Path(__file__).parent / "templates"),
                              undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
     env.filters["ci"] = lambda v, nd=4: "pending" if v is None else (
         f"{v[0]:.{nd}f}" if math.isnan(v[1]) else f"{v[0]:.{nd}f} ± {v[1]:.{nd}f}")

@@ -157,6 +157,7 @@ def load(teacher: str | None, dataset: str = "lastfm", protocol=None):
         data.candidates = torch.from_numpy(files.rank)
         data.confidence = torch.tensor(files.confidence, dtype=torch.float)
         data.llm_table = files.embeddings
+        data.uncertainty = files.uncertainty   # [N] or None (UAMD, reimpl.extensions.engine_trial)
         data.files.update(candidates=str(path), confidence=str(path), llm_table=str(path))
         sha = hashlib.sha256(path.read_bytes()).hexdigest()
         digest = hashlib.sha256(f"{digest}:{sha}".encode()).hexdigest()

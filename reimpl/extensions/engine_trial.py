@@ -1,0 +1,244 @@
+"""The extension trial on the research engine (issue 17): arms on top of a distilled plan, records in ``results/``.
+
+For one data set of :data:`reimpl.baselines.distilled.PLANS` (students at their tuned points, the plan's teacher
+export read from the results store), every arm trains the same student and seeds through :func:`reimpl.engine.train`
+with the extension hooks of :func:`reimpl.extensions.hooks.build_hooks`:
+
+* ``plain`` and ``dllm2rec`` are the distilled plan's own ``plain`` / ``kd`` runs (``results/distilled/``), not
+  re-trained here;
+* ``sel-kl-high``, ``sel-gt-error``: sample selection on the distillation term (:mod:`reimpl.extensions.selection`);
+* ``uamd-exp``: UAMD's uncertainty weight (needs a teacher export with ``uncertainty``: a teacher with experts or
+  an ensemble; refused with that reason otherwise);
+* ``rdr``, ``rdr-only``: the rationale term (needs a rationale vector store for the split; refused otherwise).
+
+Each finished run is one record in ``results/extensions/`` (config, data digest incl. the teacher file, history,
+the selected epoch's TEST metrics, and the selected student's per-row TEST ranks, for paired tests and popularity
+buckets). :func:`report` renders ``reports/extensions_engine.md`` from the records alone: per arm mean ± 95 % CI,
+Δ against ``dllm2rec`` and against ``plain`` paired by seed with Holm's correction over the arms of a student, and
+a sentence per arm (helps / hurts / cannot be told apart).
+
+Usage::
+
+    python -m reimpl.extensions.engine_trial run [--dataset ml100k-loo] [--arm sel-kl-high] [--model M]
+        [--seed S] [--jobs N] [--commit]
+    python -m reimpl.extensions.engine_trial report
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from reimpl.baselines import distilled as dz
+from reimpl.baselines.converged import _git_commit, best_row, ci95, tag, template_env
+from reimpl.paths import REPORTS, RUNS
+
+PLAN_NAME = "extensions"
+# arm -> (the distilled arm it builds on, ExtConfig fields, what it is)
+ARMS = {
+    "plain": ("plain", None, "the undistilled student (results/distilled/)"),
+    "dllm2rec": ("kd", None, "DLLM2Rec's distillation (results/distilled/)"),
+    "sel-kl-high": ("kd", {"selection": {"policy": "kl", "output": "mask", "ratio": 0.5, "prefer": "high"}},
+                    "`dllm2rec`, distillation only on the half of each batch with the largest KL(teacher ‖ student)"),
+    "sel-gt-error": ("kd", {"selection": {"policy": "gt_error", "output": "weight"}},
+                     "`dllm2rec`, distillation weights of a row times p_teacher(target)"),
+    "uamd-exp": ("kd", {"uamd": {"enabled": True, "fn": "exp"}},
+                 "`dllm2rec`, distillation weights of a row times exp(-u / median u), mean-normalised"),
+}
+TRAINED = tuple(a for a, (_, ext, _) in ARMS.items() if ext is not None)
+
+
+@dataclass(frozen=True)
+class TrialRun:
+    base: dz.DistilledRun     # the distilled run whose config it starts from (arm "kd" or "plain")
+    arm: str
+
+    @property
+    def run_id(self) -> str:
+        b = self.base
+        return f"{b.dataset}__{b.model}__{tag(b.overrides)}__{self.arm}__{b.teacher}__s{b.seed}"
+
+    def ext(self) -> dict:
+        return dict(ARMS[self.arm][1], metrics_each_epoch=False)
+
+    def config(self) -> dict:
+        return {**self.base.config(), "arm": self.arm, "ext": self.ext()}
+
+
+def trial_runs(plan: dz.DistilledPlan, arms: tuple = TRAINED, tuned: dict | None = None) -> list[TrialRun]:
+    return [TrialRun(r, a) for r in plan.runs(tuned) if r.arm == "kd" for a in arms if ARMS[a][0] == "kd"]
+
+
+def run_one(run: TrialRun, store_root: str | None = None, threads: int = 1,
+            runs_root: str | Path | None = None) -> str:
+    import torch
+
+    from reimpl.engine.train import train
+    from reimpl.extensions.hooks import ExtConfig, build_hooks, repr_width
+    from reimpl.extensions.metrics import evaluate_student
+    from reimpl.results.store import Store, make_record
+
+    torch.set_num_threads(threads)
+    store = Store(store_root)
+    b = run.base
+    data, digest, facts = dz.load(b.teacher, b.dataset, b.protocol() if b.dataset != "lastfm" else None)
+    cfg = run.config()
+    if store.get(PLAN_NAME, run.run_id, cfg, digest) is not None:
+        return str(store.path(PLAN_NAME, run.run_id))
+    ext = ExtConfig.from_dict(run.ext())
+    unc = getattr(data, "uncertainty", None)
+    if ext.uamd.enabled and unc is None:
+        raise ValueError(f"{run.run_id}: UAMD needs a per-row uncertainty in the teacher export "
+                         f"{facts['teacher']['file']} (a teacher with experts or an ensemble); this one has none")
+    ecfg = b.engine_config()
+    hooks = build_hooks(ext, data, candidate_topk=ecfg.student.candidate_topk,
+                        hidden=repr_width(ecfg.student, data.item_num, data.seq_size), uncertainty=unc)
+    rdir = Path(runs_root or RUNS / PLAN_NAME) / run.run_id
+    rdir.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    res = train(ecfg, data, checkpoint=rdir / "ckpt.pt", hooks=hooks, keep_best=True,
+                log=lambda m: print(f"{run.run_id}: {m}", file=sys.stderr, flush=True))
+    selected = _selected_rows(res, ecfg, data, evaluate_student)
+    rec = make_record(plan=PLAN_NAME, run_id=run.run_id, config=cfg,
+                      data={"digest": digest, "facts": facts}, result=res, threads=threads,
+                      wall_s=time.perf_counter() - t0)
+    rec["selected"] = selected
+    p = store.put(rec)
+    (rdir / "ckpt.pt").unlink(missing_ok=True)
+    return str(p)
+
+
+def _selected_rows(res: dict, ecfg, data, evaluate_student) -> dict | None:
+    """The selected student's TEST ranks / ECE (None after a resume: its weights are not kept across one)."""
+    from reimpl.dllm2rec.student import build_student
+
+    if res.get("best_state") is None:
+        return None
+    m = build_student(ecfg.student, data.item_num, data.seq_size)
+    m.load_state_dict(res.pop("best_state"))
+    ev = evaluate_student(m, data.test, data.llm_table, return_rows=True)
+    return {"ece": ev["ece"], "ranks": ev["ranks"]}
+
+
+def _job(args: tuple) -> str:
+    return run_one(*args)
+
+
+# ------------------------------------------------------------------------------------------------ report
+def _metric(rec: dict, metric: str = "ndcg", k: int = 10) -> float:
+    return best_row(rec)["test"][metric][rec["config"]["engine"]["student"]["topk"].index(k)]
+
+
+def holm(pvals: list[float]) -> list[float]:
+    """Holm-Bonferroni adjusted p-values (NaN stays NaN)."""
+    idx = [i for i, p in enumerate(pvals) if p == p]
+    order = sorted(idx, key=lambda i: pvals[i])
+    out, run_max = [float("nan")] * len(pvals), 0.0
+    for r, i in enumerate(order):
+        run_max = max(run_max, min(1.0, (len(order) - r) * pvals[i]))
+        out[i] = run_max
+    return out
+
+
+def verdict(delta: dict, p_adj: float, against: str) -> str:
+    if delta["n"] == 0:
+        return f"pending against `{against}` (no paired seed yet)"
+    if delta["n"] < 2 or p_adj != p_adj:
+        return f"cannot be told apart from `{against}` ({delta['n']} paired seed(s))"
+    if p_adj < 0.05:
+        return f"{'helps' if delta['mean'] > 0 else 'hurts'} against `{against}` (Holm p {p_adj:.2g})"
+    return f"cannot be told apart from `{against}` (Holm p {p_adj:.2g})"
+
+
+def report(dataset: str = "ml100k-loo", store_root: str | None = None, out: Path | None = None,
+           tuned: dict | None = None) -> str:
+    from scipy import stats
+
+    from reimpl.results.store import Store
+
+    plan = dz.PLANS[dataset]
+    trial = {r["run_id"]: r for r in Store(store_root).records(PLAN_NAME)}
+    base = dz.records(store_root)
+    runs = plan.runs(tuned)
+    sections = []
+    for m in plan.models:
+        per_arm = {}
+        for arm, (b_arm, ext, _what) in ARMS.items():
+            seeds = {}
+            for r in runs:
+                if r.model != m or r.arm != b_arm:
+                    continue
+                rec = base.get(r.run_id) if ext is None else trial.get(TrialRun(r, arm).run_id)
+                if rec is not None:
+                    seeds[r.seed] = rec
+            per_arm[arm] = seeds
+        rows, tests = [], []
+        for arm, seeds in per_arm.items():
+            vals = [_metric(x) for x in seeds.values()]
+            row = {"arm": arm, "what": ARMS[arm][2], "n": len(vals), "ndcg10": ci95(vals) if vals else None,
+                   "hr10": ci95([_metric(x, "hr") for x in seeds.values()]) if vals else None, "delta": {}}
+            for against in ("dllm2rec", "plain"):
+                common = sorted(set(seeds) & set(per_arm[against]))
+                d = np.array([_metric(seeds[s]) - _metric(per_arm[against][s]) for s in common])
+                p = float(stats.ttest_rel([_metric(seeds[s]) for s in common],
+                                          [_metric(per_arm[against][s]) for s in common]).pvalue) \
+                    if len(d) >= 2 and d.std() > 0 and arm != against else float("nan")
+                mean, half = ci95(d) if len(d) else (float("nan"), float("nan"))
+                row["delta"][against] = {"n": len(d), "mean": mean, "half": half, "p": p}
+                tests.append((row, against))
+            rows.append(row)
+        for against in ("dllm2rec", "plain"):
+            ts = [r for r, a in tests if a == against]
+            for r, p in zip(ts, holm([r["delta"][against]["p"] for r in ts])):
+                r["delta"][against]["p_holm"] = p
+                r["delta"][against]["verdict"] = verdict(r["delta"][against], p, against)
+        sections.append({"model": m, "rows": rows})
+    text = template_env(Path(__file__).parent / "templates").get_template("engine_trial.md.j2").render(
+        plan=plan, dataset=dataset, sections=sections, n_trial=len(trial))
+    (out or REPORTS / "extensions_engine.md").write_text(text)
+    return text
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m reimpl.extensions.engine_trial", description=__doc__.splitlines()[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("run")
+    r.add_argument("--dataset", choices=tuple(dz.PLANS), default="ml100k-loo")
+    r.add_argument("--arm", action="append", choices=TRAINED)
+    r.add_argument("--model", action="append")
+    r.add_argument("--seed", action="append", type=int)
+    r.add_argument("--jobs", type=int, default=1)
+    r.add_argument("--threads", type=int, default=1)
+    r.add_argument("--backend", choices=("local", "ray", "submitit"), default="local")
+    r.add_argument("--commit", action="store_true")
+    rp = sub.add_parser("report")
+    rp.add_argument("--dataset", choices=tuple(dz.PLANS), default="ml100k-loo")
+    a = ap.parse_args(argv)
+    if a.cmd == "report":
+        print(report(a.dataset))
+        return 0
+    base = dz.PLANS[a.dataset]
+    plan = dataclasses.replace(base, models=tuple(a.model or base.models), seeds=tuple(a.seed or base.seeds))
+    from reimpl.engine.dispatch import run_jobs
+    from reimpl.results.store import Store
+
+    have = {x["run_id"] for x in Store().records(PLAN_NAME)}
+    todo = [x for x in trial_runs(plan, tuple(a.arm or TRAINED)) if x.run_id not in have]
+
+    def done(arg, path):
+        print(f"finished {arg[0].run_id} -> {path}", flush=True)
+        if a.commit:
+            _git_commit(path)
+
+    run_jobs(_job, [(x, None, a.threads) for x in todo], backend=a.backend, jobs=a.jobs, on_done=done)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

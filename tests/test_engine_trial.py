@@ -1,0 +1,39 @@
+"""The extension trial on the engine (issue 17): arms built on the distilled plan, records, report from records."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from reimpl.baselines import distilled as dz
+from reimpl.extensions import engine_trial as et
+from reimpl.paths import DATA
+
+
+def test_holm():
+    assert et.holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
+    out = et.holm([float("nan"), 0.02])
+    assert out[0] != out[0] and out[1] == pytest.approx(0.02)
+
+
+def test_trial_runs_share_the_distilled_runs_config():
+    plan = dz.PLANS["ml100k-loo"]
+    runs = et.trial_runs(plan, tuned={"SASRec": (("lr", 0.003),), "GRU": None, "Caser": None})
+    assert {r.arm for r in runs} == set(et.TRAINED) and {r.base.model for r in runs} == {"SASRec"}
+    r = next(x for x in runs if x.arm == "sel-gt-error")
+    assert r.config()["engine"] == r.base.config()["engine"] and r.config()["ext"]["selection"]["policy"] == "gt_error"
+    assert r.run_id == "ml100k-loo__SASRec__lr=0.003__sel-gt-error__ml100k-loo-e4srec-smollm2__s1"
+
+
+@pytest.mark.skipif(not (DATA / "ilora" / "lastfm").is_dir(), reason="needs ../shared/data/ilora/lastfm")
+def test_an_arm_trains_and_the_report_reads_it(tmp_path):
+    base = dz.DistilledRun("Caser", "kd", 1, epochs=1)
+    run = et.TrialRun(base, "sel-gt-error")
+    rec = json.loads(open(et.run_one(run, store_root=str(tmp_path), runs_root=tmp_path / "runs")).read())
+    assert rec["epochs_run"] == 1 and len(rec["selected"]["ranks"]) == 122 and 0 <= rec["selected"]["ece"] <= 1
+    with pytest.raises(ValueError, match="UAMD needs a per-row uncertainty"):
+        et.run_one(et.TrialRun(base, "uamd-exp"), store_root=str(tmp_path), runs_root=tmp_path / "runs")
+    text = et.report("lastfm", store_root=str(tmp_path), out=tmp_path / "r.md")
+    caser = text[text.index("## Caser"):]
+    assert "| sel-gt-error |" in caser and "| 1 |" in caser.split("| sel-gt-error |")[1].split("\n")[0]
