@@ -55,7 +55,12 @@ def fmt_p(p: float) -> str:
     return "< 1e-300" if p == 0 else (f"{p:.1e}" if p < 1e-3 else f"{p:.3f}")
 
 
-def render(results: list[dict]) -> str:
+def load_loo(folder: Path = RESULTS, root: Path = ROOT) -> dict[str, list[dict]]:
+    """Teachers of the leave-one-out splits (``results/teachers/<dataset>/*.json``), by data set."""
+    return {d.name: load_results(d, root) for d in sorted(Path(folder).glob("*-loo")) if d.is_dir()}
+
+
+def render(results: list[dict], loo: dict[str, list[dict]] | None = None) -> str:
     import jinja2
 
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATE.parent)), undefined=jinja2.StrictUndefined,
@@ -69,7 +74,7 @@ def render(results: list[dict]) -> str:
                       else f"SASRec retrained here, held-out rows unseen ({b['teacher']})")
     pooled = [r for r in trained if r.get("pooled")]
     best = max(pooled, key=lambda r: r["pooled"]["rate"]) if pooled else None
-    return env.get_template(TEMPLATE.name).render(best=best,
+    return env.get_template(TEMPLATE.name).render(best=best, loo=loo or {},
         results=results, trained=trained, sets=SETS, bars=bars,
         sasrec=next((r for r in results if r["method"] == "sasrec"), None),
         ilora=next((r for r in results if r["method"] == "ilora"), None))
@@ -80,7 +85,7 @@ def main(argv=None) -> int:
     ap.add_argument("--check", action="store_true")
     ap.add_argument("--out", default=str(REPORTS / "teachers.md"))
     a = ap.parse_args(argv)
-    text = render(load_results())
+    text = render(load_results(), load_loo())
     out = Path(a.out)
     if a.check:
         same = out.is_file() and out.read_text() == text
