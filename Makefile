@@ -46,6 +46,7 @@ golden: setup refs
 bench: setup refs
 	$(PY) -m benchmarks.run
 	$(PY) -m benchmarks.epochs
+	$(PY) -m benchmarks.teachers
 
 # Extension trial (UAMD, RDR, CDR, selection) against the distill plan's teacher and verified baseline
 # -> reports/extensions.md (~3 min, plus ~4 min of SmolLM2 rationales when the cache is empty; needs `make baseline`)

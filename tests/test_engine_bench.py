@@ -18,3 +18,20 @@ def test_render(tmp_path):
             "| 9.00 / 4.00 | 10.0x / 20.0x | 20x: met") in text
     assert "| SASRec | default, the real teacher export `e4srec-smollm2-l6-8000`" in text
     assert "| GRU | none |" in text and "10x: met" in text and text.rstrip().endswith("a note")
+
+
+def test_teacher_cost_table_from_records(tmp_path):
+    import json
+
+    from benchmarks import teachers
+
+    rec = {"teacher": "t", "method": "e4srec", "env": {"threads": 1}, "command": "/x/reimpl/teachers/run.py e4srec",
+           "config": {"llm_layers": 6}, "train": {"rows": 100, "rows_per_s": 2.0, "train_tokens_per_s": 50.0},
+           "export": {"rows": 1000, "export_s": 10.0}}
+    (tmp_path / "t.json").write_text(json.dumps(rec))
+    rows = teachers.rows(tmp_path)
+    assert [r["phase"].split()[0] for r in rows] == ["train", "export"]
+    # 6 SmolLM2 layers: 2 x 3,538,944 x 6 FLOP per token forward; training ~2x that; export 25 tok/row x 100 rows/s
+    assert abs(rows[0]["gflops"] - 50.0 * 2 * 2 * 3538944 * 6 / 1e9) < 1e-9
+    assert rows[1]["tokens_per_s"] == 2500.0
+    assert "python -m reimpl.teachers.run e4srec" in teachers.render(rows)
