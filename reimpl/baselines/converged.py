@@ -28,9 +28,7 @@ import argparse
 import dataclasses
 import math
 import os
-import subprocess
 import sys
-import time
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -38,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from reimpl.data.protocols import LOOConfig
-from reimpl.paths import REPORTS, ROOT, RUNS
+from reimpl.paths import REPORTS
 
 PLAN_NAME = "converged"
 DATASETS = {"ml100k-loo": ("ml-100k leave-one-out (943 users, all ratings)", LOOConfig("ml-100k")),
@@ -157,28 +155,12 @@ def load_protocol(proto: LOOConfig):
 def run_one(run: ConvergedRun, store_root: str | None = None, runs_root: str | None = None,
             threads: int = 1) -> str:
     """Train ``run`` (resuming its checkpoint) unless its record exists; returns the record path."""
-    import torch
+    from reimpl.results.runs import train_record
 
-    from reimpl.engine.train import train
-    from reimpl.results.store import Store, make_record
-
-    torch.set_num_threads(threads)
-    store = Store(store_root)
     data, digest, facts = load_protocol(run.protocol())
     cfg = run.config()
-    if store.get(PLAN_NAME, run.run_id, cfg, digest) is not None:
-        return str(store.path(PLAN_NAME, run.run_id))
-    rdir = Path(runs_root or RUNS / PLAN_NAME) / run.run_id
-    rdir.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
-    res = train(run.engine_config(), data, checkpoint=rdir / "ckpt.pt",
-                log=lambda m: print(f"{run.run_id}: {m}", file=sys.stderr, flush=True))
-    rec = make_record(plan=PLAN_NAME, run_id=run.run_id, config=cfg,
-                      data={"protocol": cfg["protocol"], "digest": digest, "facts": facts}, result=res,
-                      threads=threads, wall_s=time.perf_counter() - t0)
-    p = store.put(rec)
-    (rdir / "ckpt.pt").unlink(missing_ok=True)  # the record is the result; the cache is no longer needed
-    return str(p)
+    return train_record(PLAN_NAME, run.run_id, cfg, digest, {"protocol": cfg["protocol"], "facts": facts},
+                        run.engine_config(), data, store_root=store_root, runs_root=runs_root, threads=threads)
 
 
 def _job(args: tuple) -> str:
@@ -218,16 +200,6 @@ def ready_runs(plan: ConvergedPlan, store_root: str | None = None) -> list[Conve
             runs = [plan.run(c, s, chosen[c]) for s in plan.seeds]
         out += [r for r in runs if r.run_id not in recs]
     return out
-
-
-def _git_commit(path: str) -> None:
-    rel = os.path.relpath(path, ROOT)
-    for _ in range(10):  # another agent's commit may hold the index lock for a moment
-        if subprocess.run(["git", "add", rel], cwd=ROOT).returncode == 0 and subprocess.run(
-                ["git", "commit", "-q", "-m", f"results: {Path(rel).stem}", "--", rel], cwd=ROOT).returncode == 0:
-            return
-        time.sleep(3)
-    print(f"warning: could not commit {rel}", file=sys.stderr)
 
 
 # ------------------------------------------------------------------------------------------------ report
@@ -380,7 +352,9 @@ def main(argv: list[str] | None = None) -> int:
     def done(arg, path):
         print(f"finished {arg[0].run_id} -> {path}", flush=True)
         if a.commit:
-            _git_commit(path)
+            from reimpl.results.runs import git_commit
+
+            git_commit(path)
 
     if a.stage == "all":  # cell by cell: a cell's seeds start as soon as its tuning is complete
         started: set = set()

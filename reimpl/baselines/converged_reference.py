@@ -26,8 +26,9 @@ import sys
 import time
 from pathlib import Path
 
-from reimpl.baselines.converged import DATASETS, MODELS, _git_commit
+from reimpl.baselines.converged import DATASETS, MODELS
 from reimpl.paths import RUNS
+from reimpl.results.runs import git_commit
 
 PLAN_NAME = "converged-reference"
 EPOCHS = 3
@@ -116,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
                 p = run_pair(d, m, s, a.epochs)
                 print(f"finished {p}", flush=True)
                 if a.commit:
-                    _git_commit(str(p))
+                    git_commit(str(p))
     return 0
 
 

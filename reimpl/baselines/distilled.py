@@ -35,15 +35,14 @@ import argparse
 import dataclasses
 import hashlib
 import sys
-import time
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 
-from reimpl.baselines.converged import DATASETS, MODELS, _git_commit, best_row, chance, ci95, tag, template_env
-from reimpl.paths import DATA, REPORTS, ROOT, RUNS
+from reimpl.baselines.converged import DATASETS, MODELS, best_row, chance, ci95, tag, template_env
+from reimpl.paths import DATA, REPORTS, ROOT
 
 PLAN_NAME = "distilled"
 TEACHER = "e4srec-smollm2-l6-8000"     # the best teacher of reports/teachers.md with a full-train export
@@ -175,29 +174,14 @@ def _width(emb) -> int:
 def run_one(run: DistilledRun, store_root: str | None = None, threads: int = 1,
             runs_root: str | Path | None = None) -> str:
     """Train ``run`` (resuming its checkpoint in ``runs/distilled/``) unless its record exists."""
-    import torch
+    from reimpl.results.runs import train_record
 
-    from reimpl.engine.train import train
-    from reimpl.results.store import Store, make_record
-
-    torch.set_num_threads(threads)
-    store = Store(store_root)
     data, digest, facts = load(run.teacher if run.arm == "kd" else None, run.dataset,
                                run.protocol() if run.dataset != "lastfm" else None)
     cfg = run.config()
-    if store.get(PLAN_NAME, run.run_id, cfg, digest) is not None:
-        return str(store.path(PLAN_NAME, run.run_id))
-    rdir = Path(runs_root or RUNS / PLAN_NAME) / run.run_id
-    rdir.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
-    res = train(run.engine_config(), data, checkpoint=rdir / "ckpt.pt",
-                log=lambda m: print(f"{run.run_id}: {m}", file=sys.stderr, flush=True))
-    rec = make_record(plan=PLAN_NAME, run_id=run.run_id, config=cfg,
-                      data={"split": cfg["split"], "digest": digest, "facts": facts}, result=res,
-                      threads=threads, wall_s=time.perf_counter() - t0)
-    p = store.put(rec)
-    (rdir / "ckpt.pt").unlink(missing_ok=True)
-    return str(p)
+    meta = {"split": cfg["split"]} if "split" in cfg else {"protocol": cfg["protocol"]}
+    return train_record(PLAN_NAME, run.run_id, cfg, digest, {**meta, "facts": facts}, run.engine_config(), data,
+                        store_root=store_root, runs_root=runs_root, threads=threads)
 
 
 def _job(args: tuple) -> str:
@@ -287,16 +271,11 @@ def main(argv: list[str] | None = None) -> int:
     base = PLANS[a.dataset]
     plan = dataclasses.replace(base, models=tuple(a.model or base.models), arms=tuple(a.arm or base.arms),
                                seeds=tuple(a.seed or base.seeds))
+    from reimpl.results.runs import dispatch
+
     have = records()
     todo = [x for x in plan.runs() if x.run_id not in have][: a.max_runs]
-    from reimpl.engine.dispatch import run_jobs
-
-    def done(arg, path):
-        print(f"finished {arg[0].run_id} -> {path}", flush=True)
-        if a.commit:
-            _git_commit(path)
-
-    run_jobs(_job, [(x, None, a.threads) for x in todo], backend=a.backend, jobs=a.jobs, on_done=done)
+    dispatch(_job, [(x, None, a.threads) for x in todo], backend=a.backend, jobs=a.jobs, commit=a.commit)
     return 0
 
 

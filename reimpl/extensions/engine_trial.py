@@ -29,14 +29,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from reimpl.baselines import distilled as dz
-from reimpl.baselines.converged import _git_commit, best_row, ci95, tag, template_env
+from reimpl.baselines.converged import best_row, ci95, tag, template_env
 from reimpl.paths import REPORTS, RUNS
 
 PLAN_NAME = "extensions"
@@ -77,20 +76,11 @@ def trial_runs(plan: dz.DistilledPlan, arms: tuple = TRAINED, tuned: dict | None
 
 def run_one(run: TrialRun, store_root: str | None = None, threads: int = 1,
             runs_root: str | Path | None = None) -> str:
-    import torch
-
-    from reimpl.engine.train import train
     from reimpl.extensions.hooks import ExtConfig, build_hooks, repr_width
-    from reimpl.extensions.metrics import evaluate_student
-    from reimpl.results.store import Store, make_record
+    from reimpl.results.runs import train_record
 
-    torch.set_num_threads(threads)
-    store = Store(store_root)
     b = run.base
     data, digest, facts = dz.load(b.teacher, b.dataset, b.protocol() if b.dataset != "lastfm" else None)
-    cfg = run.config()
-    if store.get(PLAN_NAME, run.run_id, cfg, digest) is not None:
-        return str(store.path(PLAN_NAME, run.run_id))
     ext = ExtConfig.from_dict(run.ext())
     unc = getattr(data, "uncertainty", None)
     if ext.uamd.enabled and unc is None:
@@ -99,24 +89,19 @@ def run_one(run: TrialRun, store_root: str | None = None, threads: int = 1,
     ecfg = b.engine_config()
     hooks = build_hooks(ext, data, candidate_topk=ecfg.student.candidate_topk,
                         hidden=repr_width(ecfg.student, data.item_num, data.seq_size), uncertainty=unc)
-    rdir = Path(runs_root or RUNS / PLAN_NAME) / run.run_id
-    rdir.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
-    res = train(ecfg, data, checkpoint=rdir / "ckpt.pt", hooks=hooks, keep_best=True,
-                log=lambda m: print(f"{run.run_id}: {m}", file=sys.stderr, flush=True))
-    selected = _selected_rows(res, ecfg, data, evaluate_student)
-    rec = make_record(plan=PLAN_NAME, run_id=run.run_id, config=cfg,
-                      data={"digest": digest, "facts": facts}, result=res, threads=threads,
-                      wall_s=time.perf_counter() - t0)
-    rec["selected"] = selected
-    p = store.put(rec)
-    (rdir / "ckpt.pt").unlink(missing_ok=True)
-    return str(p)
+
+    def finish(res, rec):
+        rec["selected"] = _selected_rows(res, ecfg, data)
+
+    return train_record(PLAN_NAME, run.run_id, run.config(), digest, {"facts": facts}, ecfg, data,
+                        store_root=store_root, runs_root=runs_root or RUNS / PLAN_NAME, threads=threads,
+                        hooks=hooks, finish=finish)
 
 
-def _selected_rows(res: dict, ecfg, data, evaluate_student) -> dict | None:
+def _selected_rows(res: dict, ecfg, data) -> dict | None:
     """The selected student's TEST ranks / ECE (None after a resume: its weights are not kept across one)."""
     from reimpl.dllm2rec.student import build_student
+    from reimpl.extensions.metrics import evaluate_student
 
     if res.get("best_state") is None:
         return None
@@ -225,18 +210,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     base = dz.PLANS[a.dataset]
     plan = dataclasses.replace(base, models=tuple(a.model or base.models), seeds=tuple(a.seed or base.seeds))
-    from reimpl.engine.dispatch import run_jobs
+    from reimpl.results.runs import dispatch
     from reimpl.results.store import Store
 
     have = {x["run_id"] for x in Store().records(PLAN_NAME)}
     todo = [x for x in trial_runs(plan, tuple(a.arm or TRAINED)) if x.run_id not in have]
-
-    def done(arg, path):
-        print(f"finished {arg[0].run_id} -> {path}", flush=True)
-        if a.commit:
-            _git_commit(path)
-
-    run_jobs(_job, [(x, None, a.threads) for x in todo], backend=a.backend, jobs=a.jobs, on_done=done)
+    dispatch(_job, [(x, None, a.threads) for x in todo], backend=a.backend, jobs=a.jobs, commit=a.commit)
     return 0
 
 

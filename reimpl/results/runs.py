@@ -1,0 +1,71 @@
+"""Train one engine run into the results store, and dispatch a plan's runs: what every store-backed plan shares.
+
+:func:`train_record` is the life of one run: reuse its record when the store has it (refusing one made with
+another config or data, :meth:`reimpl.results.store.Store.get`), else train through :func:`reimpl.engine.train`
+resuming from ``<runs_root>/<run_id>/ckpt.pt`` (a cache), write the record atomically, drop the checkpoint.
+:func:`dispatch` runs a list of such jobs through :func:`reimpl.engine.dispatch.run_jobs` and, with ``commit``,
+git-commits each record as it lands (results/ only), so a session that ends mid-plan loses at most the runs in
+flight.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+from reimpl.paths import ROOT, RUNS
+
+
+def train_record(plan: str, run_id: str, config: dict, digest: str, data_meta: dict, engine_cfg, data, *,
+                 store_root: str | None = None, runs_root: str | Path | None = None, threads: int = 1,
+                 hooks=None, finish: Callable[[dict, dict], None] | None = None) -> str:
+    """The record path of ``run_id`` (trained now unless stored). ``finish(result, record)`` may add fields
+    (``result`` holds ``best_state`` when ``finish`` is given)."""
+    import torch
+
+    from reimpl.engine.train import train
+    from reimpl.results.store import Store, make_record
+
+    torch.set_num_threads(threads)
+    store = Store(store_root)
+    if store.get(plan, run_id, config, digest) is not None:
+        return str(store.path(plan, run_id))
+    rdir = Path(runs_root or RUNS / plan) / run_id
+    rdir.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    res = train(engine_cfg, data, checkpoint=rdir / "ckpt.pt", hooks=hooks, keep_best=finish is not None,
+                log=lambda m: print(f"{run_id}: {m}", file=sys.stderr, flush=True))
+    rec = make_record(plan=plan, run_id=run_id, config=config, data={**data_meta, "digest": digest}, result=res,
+                      threads=threads, wall_s=time.perf_counter() - t0)
+    if finish is not None:
+        finish(res, rec)
+    p = store.put(rec)
+    (rdir / "ckpt.pt").unlink(missing_ok=True)  # the record is the result; the cache is no longer needed
+    return str(p)
+
+
+def git_commit(path: str) -> None:
+    """Commit one results file (nothing else), retrying while another commit holds the index lock."""
+    rel = os.path.relpath(path, ROOT)
+    for _ in range(10):
+        if subprocess.run(["git", "add", rel], cwd=ROOT).returncode == 0 and subprocess.run(
+                ["git", "commit", "-q", "-m", f"results: {Path(rel).stem}", "--", rel], cwd=ROOT).returncode == 0:
+            return
+        time.sleep(3)
+    print(f"warning: could not commit {rel}", file=sys.stderr)
+
+
+def dispatch(job: Callable, args: list, *, backend: str = "local", jobs: int = 1, commit: bool = False) -> list:
+    """``run_jobs(job, args)``; prints each finished record and commits it when ``commit``."""
+    from reimpl.engine.dispatch import run_jobs
+
+    def done(arg, path):
+        print(f"finished {arg[0].run_id} -> {path}", flush=True)
+        if commit:
+            git_commit(path)
+
+    return run_jobs(job, args, backend=backend, jobs=jobs, on_done=done)
