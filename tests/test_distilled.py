@@ -68,3 +68,20 @@ def test_committed_export_feeds_a_distilled_run(tmp_path):
     rec = json.loads(open(path).read())
     assert rec["data"]["digest"] == digest and rec["epochs_run"] == 1 and rec["history"][0]["loss"] > 0
     assert rec["history"][0]["val"]["n"] == 122
+
+
+def test_loo_plain_reuses_the_identical_converged_run(tmp_path, monkeypatch):
+    from reimpl.baselines.converged import CONVERGED
+
+    monkeypatch.setattr(dz, "tuned_points", lambda d, store_root=None: {"SASRec": (("lr", 0.003),), "GRU": None,
+                                                                        "Caser": None})
+    twin = CONVERGED.run(("ml100k-loo", "SASRec", "bce"), 1, (("lr", 0.003),))
+    (tmp_path / "converged").mkdir()
+    rec = {"schema": 1, "plan": "converged", "run_id": twin.run_id, "config": twin.config(), "history": [],
+           "best_epoch": 1, "data": {"digest": "d"}}
+    (tmp_path / "converged" / f"{twin.run_id}.json").write_text(json.dumps(rec))
+    plain = "ml100k-loo__SASRec__lr=0.003__plain__ml100k-loo-e4srec-smollm2__s1"
+    assert dz.records(str(tmp_path))[plain]["run_id"] == twin.run_id
+    rec["config"]["engine"]["student"]["dropout_rate"] = 0.3   # another run: not the twin any more
+    (tmp_path / "converged" / f"{twin.run_id}.json").write_text(json.dumps(rec))
+    assert plain not in dz.records(str(tmp_path))

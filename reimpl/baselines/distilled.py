@@ -189,9 +189,30 @@ def _job(args: tuple) -> str:
 
 
 def records(store_root: str | None = None) -> dict[str, dict]:
+    """This plan's records, plus, for each leave-one-out ``plain`` run, the converged plan's record of the very
+    same engine run (same engine config, seed and split digest: the engine is deterministic, so training it
+    again would reproduce it; a record whose config differs in anything is not used)."""
+    from reimpl.baselines.converged import CONVERGED, records_by_id
     from reimpl.results.store import Store
 
-    return {r["run_id"]: r for r in Store(store_root).records(PLAN_NAME)}
+    out = {r["run_id"]: r for r in Store(store_root).records(PLAN_NAME)}
+    conv = records_by_id(store_root)
+    for plan in PLANS.values():
+        if plan.dataset == "lastfm":
+            continue
+        for run in plan.runs(tuned_points(plan.dataset, store_root)):
+            if run.arm != "plain" or run.run_id in out:
+                continue
+            twin = conv.get(CONVERGED.run((run.dataset, run.model, "bce"), run.seed, run.overrides).run_id)
+            if twin is not None and twin["config"]["engine"] == json_normal(run.engine_config().as_dict()):
+                out[run.run_id] = twin
+    return out
+
+
+def json_normal(x):
+    import json
+
+    return json.loads(json.dumps(x))
 
 
 # ------------------------------------------------------------------------------------------------ report
