@@ -32,8 +32,26 @@ def test_an_arm_trains_and_the_report_reads_it(tmp_path):
     run = et.TrialRun(base, "sel-gt-error")
     rec = json.loads(open(et.run_one(run, store_root=str(tmp_path), runs_root=tmp_path / "runs")).read())
     assert rec["epochs_run"] == 1 and len(rec["selected"]["ranks"]) == 122 and 0 <= rec["selected"]["ece"] <= 1
-    with pytest.raises(ValueError, match="UAMD needs a per-row uncertainty"):
+    with pytest.raises(ValueError, match="UAMD needs a per-row uncertainty: the teacher export"):
         et.run_one(et.TrialRun(base, "uamd-exp"), store_root=str(tmp_path), runs_root=tmp_path / "runs")
     text = et.report("lastfm", store_root=str(tmp_path), out=tmp_path / "r.md")
     caser = text[text.index("## Caser"):]
     assert "| sel-gt-error |" in caser and "| 1 |" in caser.split("| sel-gt-error |")[1].split("\n")[0]
+
+
+def test_ensemble_disagreement_and_file(tmp_path):
+    import numpy as np
+
+    from reimpl.data import DataError
+    from reimpl.teachers import ensemble
+
+    base = np.array([[1, 2, 3], [4, 5, 6]])
+    same, other = base.copy(), np.array([[1, 9, 8], [7, 8, 9]])
+    u = ensemble.disagreement(base, [same, other], k=3)
+    assert u == pytest.approx([(0 + 2 / 3) / 2, (0 + 1) / 2])
+    p = ensemble.write(tmp_path / "t.uncertainty.safetensors", np.arange(2), u, {"k": 3})
+    assert ensemble.read(p, 2) == pytest.approx(u, abs=1e-3)
+    with pytest.raises(DataError, match="rows"):
+        ensemble.read(p, 3)
+    with pytest.raises(DataError, match="uncertainty"):
+        ensemble.write(tmp_path / "x.safetensors", np.arange(2), np.array([0.1, np.nan]), {})

@@ -117,8 +117,10 @@ def test_committed_loo_exports_read_back():
     """Leave-one-out exports (results/teachers/<dataset>/) align with their split's train rows, in order."""
     from reimpl.data.protocols import LOOConfig, build
     from reimpl.paths import DATA, ROOT
+    from reimpl.teachers import ensemble
 
-    found = sorted((ROOT / "results" / "teachers").glob("*-loo/*.safetensors"))
+    every = sorted((ROOT / "results" / "teachers").glob("*-loo/*.safetensors"))
+    found = [p for p in every if not p.name.endswith(ensemble.SUFFIX)]
     if not found:
         pytest.skip("no committed leave-one-out teacher export")
     if not DATA.is_dir():
@@ -127,3 +129,6 @@ def test_committed_loo_exports_read_back():
         ds = build(LOOConfig("ml-100k" if p.parent.name == "ml100k-loo" else "lastfm")).dataset
         files, meta = ex.read_compact(p, ds.item_num, n_train=ds["train"].n)
         assert p.stat().st_size < 20e6 and meta["teacher"], p
+        side = ensemble.path_for(p)
+        if side.is_file():   # an ensemble uncertainty beside the export (UAMD)
+            assert ensemble.read(side, ds["train"].n).shape == (ds["train"].n,)

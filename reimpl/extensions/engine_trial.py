@@ -84,8 +84,7 @@ def run_one(run: TrialRun, store_root: str | None = None, threads: int = 1,
     ext = ExtConfig.from_dict(run.ext())
     unc = getattr(data, "uncertainty", None)
     if ext.uamd.enabled and unc is None:
-        raise ValueError(f"{run.run_id}: UAMD needs a per-row uncertainty in the teacher export "
-                         f"{facts['teacher']['file']} (a teacher with experts or an ensemble); this one has none")
+        unc, digest, facts = _ensemble_uncertainty(b, len(data.train_next), digest, facts)
     ecfg = b.engine_config()
     hooks = build_hooks(ext, data, candidate_topk=ecfg.student.candidate_topk,
                         hidden=repr_width(ecfg.student, data.item_num, data.seq_size), uncertainty=unc)
@@ -96,6 +95,22 @@ def run_one(run: TrialRun, store_root: str | None = None, threads: int = 1,
     return train_record(PLAN_NAME, run.run_id, run.config(), digest, {"facts": facts}, ecfg, data,
                         store_root=store_root, runs_root=runs_root or RUNS / PLAN_NAME, threads=threads,
                         hooks=hooks, finish=finish)
+
+
+def _ensemble_uncertainty(b, n: int, digest: str, facts: dict):
+    """(uncertainty [N], digest, facts) from ``<teacher>.uncertainty.safetensors`` (reimpl.teachers.ensemble), for a
+    teacher export without its own; the file's sha256 joins the run's data digest."""
+    import hashlib
+
+    from reimpl.teachers import ensemble
+
+    path = ensemble.path_for(dz.teacher_path(b.teacher, b.dataset))
+    if not path.is_file():
+        raise ValueError(f"UAMD needs a per-row uncertainty: the teacher export {facts['teacher']['file']} has none "
+                         f"and {path} (an ensemble's disagreement, python -m reimpl.teachers.ensemble) is missing")
+    sha = hashlib.sha256(path.read_bytes()).hexdigest()
+    facts = {**facts, "uncertainty": {"file": str(path), "sha256": sha}}
+    return ensemble.read(path, n), hashlib.sha256(f"{digest}:{sha}".encode()).hexdigest(), facts
 
 
 def _selected_rows(res: dict, ecfg, data) -> dict | None:
