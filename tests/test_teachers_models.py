@@ -130,3 +130,27 @@ def test_history_text_per_domain():
         "This user has not listened to any artist yet. The next artist this user will listen to is"
     assert common.history_text({1: "A"}, [1], "ml-100k") == \
         "This user has watched A. The next movie this user will watch is"
+
+
+def test_e4srec_adapter_round_trip_and_cdr_refines_only_the_items(tiny, tmp_path):
+    """CDR (reimpl.extensions.cdr_engine): the committed adapter rebuilds the teacher; a refinement round moves the
+    item table and nothing else."""
+    import copy
+
+    from reimpl.extensions.cdr_engine import CDRConfig, refine_items
+
+    llm, tok, sas = tiny
+    cfg = e4srec.E4SRecConfig(lora_r=4, batch_size=8, lora_layers=1, bf16=False)
+    m = e4srec.E4SRec(cfg, copy.deepcopy(llm), tok, sas)
+    rows = _rows(48)
+    e4srec.train_e4srec(m, rows.seqs, rows.next, I)
+    e4srec.save_adapter(tmp_path / "a.safetensors", m, {"teacher": "t"})
+    m2 = e4srec.E4SRec(cfg, copy.deepcopy(llm), tok, sas)
+    assert e4srec.load_adapter(tmp_path / "a.safetensors", m2) == {"teacher": "t"}
+    assert torch.equal(e4srec.score_all(m, rows.seqs[:8], I), e4srec.score_all(m2, rows.seqs[:8], I))
+    before = {n: p.detach().clone() for n, p in m2.named_parameters()}
+    curve = refine_items(m2, rows.seqs, rows.next, I, CDRConfig(refine_rows=32, refine_batch=8, refine_lr=1e-2))
+    assert len(curve) == 4
+    moved = {n for n, p in m2.named_parameters() if not torch.equal(p, before[n])}
+    assert moved == {"items"}
+    assert {n for n, p in m2.named_parameters() if p.requires_grad} == {n for n, _ in m.trainable()}

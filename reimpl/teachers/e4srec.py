@@ -181,3 +181,38 @@ def score_all(model: E4SRec, seqs: np.ndarray, item_num_pad: int, batch: int = 6
     model.eval()
     return torch.cat([model(torch.as_tensor(seqs[s:s + batch], dtype=torch.long), item_num_pad).float()
                       for s in range(0, len(seqs), batch)])
+
+
+ADAPTER_KIND = "e4srec-adapter"
+
+
+def save_adapter(path, model: E4SRec, meta: dict):
+    """The trainable tensors only (LoRA, in/out projections, the item table; ~0.7 M values for 6 layers, fp32):
+    the compact form the results store keeps, enough to rebuild the teacher with the frozen LLM."""
+    from reimpl import checkpoint as ck
+
+    return ck.save(path, {"meta": meta, "trainable": {n: p.detach().clone() for n, p in model.trainable()}},
+                   kind=ADAPTER_KIND)
+
+
+def load_adapter(path, model: E4SRec) -> dict:
+    """Load :func:`save_adapter`'s tensors into ``model`` (names must match exactly); returns its metadata."""
+    from reimpl import checkpoint as ck
+
+    state = ck.load(path, kind=ADAPTER_KIND)
+    names = {n for n, _ in model.trainable()}
+    if set(state["trainable"]) != names:
+        raise ValueError(f"{path}: adapter tensors {sorted(set(state['trainable']) ^ names)[:5]} do not match "
+                         "this E4SRec configuration")
+    model.load_state_dict(state["trainable"], strict=False)
+    return state["meta"]
+
+
+def adapter_from_run_checkpoint(ckpt, out, meta: dict):
+    """The compact adapter from a run's resumable checkpoint (``runs/teachers/<name>/ckpt.pt``, written by
+    ``reimpl.teachers.run``), for runs finished before the adapter was written beside their export."""
+    from reimpl import checkpoint as ck
+
+    state = torch.load(ckpt, weights_only=False)   # this project's own cache file
+    return ck.save(out, {"meta": {**meta, "step": state["step"]}, "trainable": state["trainable"]},
+                   kind=ADAPTER_KIND)

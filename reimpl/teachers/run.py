@@ -295,6 +295,11 @@ def run_e4srec(cfg: e4srec.E4SRecConfig, opts: RunOptions) -> Path:
     info = e4srec.train_e4srec(model, tr.seqs, tr.next, d.item_num, log=lambda m: print(m, flush=True),
                                checkpoint=save, start_step=start, curve=curve)
     rec["train"] = {"rows": len(tr), "resumed_at_step": start, **info}
+    if d.loo:   # the adapter in the results store: CDR (reimpl.extensions.cdr_engine) rebuilds the teacher from it
+        adapter = Path(results_dir(opts)) / f"{name}.adapter.safetensors"
+        adapter.parent.mkdir(parents=True, exist_ok=True)
+        e4srec.save_adapter(adapter, model, {"teacher": name, "config": dataclasses.asdict(cfg), "dataset": d.name})
+        rec["adapter"] = str(adapter.relative_to(ROOT)) if adapter.is_relative_to(ROOT) else str(adapter)
     prev = Path(results_dir(opts)) / f"{name}.json"
     if start == info["steps"] and prev.is_file():
         # a finished run re-entered (e.g. to add --export): keep the record of the training that produced it

@@ -1,0 +1,198 @@
+"""CDR as the seed specifies, with the E4SRec teacher, on the research engine (issue 17 item 3).
+
+Round 0 is the distilled plan's ``kd`` student (re-trained here with its weights kept; its TEST metrics must equal
+the stored record's, which the round record checks). Each round ``r >= 1``:
+
+1. initialise the teacher's item table from the previous round's student (``E4SRec.items <- student item
+   embeddings``, both ``[I, 64]``);
+2. fine-tune only that table, the LLM, its LoRA and the projections frozen (reverse distillation: the teacher
+   adapts to the student's item space), CE over all items on ``refine_rows`` seeded train rows;
+3. re-export: the teacher's top-10 and confidences for every train row and its refined item table;
+4. distil a new student from that export (engine, the ``kd`` arm's configuration and seed).
+
+Rounds stop at ``rounds`` or once TEST NDCG@10 has not improved for ``patience`` rounds (saturation). Every round
+is one record in ``results/extensions-cdr/`` (TEST metrics, the refinement's loss curve, the export's
+target-in-top-10 on the train rows, costs per phase); the round's export is a cache under ``runs/cdr/``. The
+teacher is rebuilt from the committed adapter (``results/teachers/<split>/<teacher>.adapter.safetensors``) and
+the frozen SmolLM2.
+
+Usage::
+
+    python -m reimpl.extensions.cdr_engine --dataset ml100k-loo --model SASRec --seed 1 [--rounds 3]
+        [--refine-rows 4000] [--commit]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from reimpl.baselines import distilled as dz
+from reimpl.paths import ROOT, RUNS
+
+PLAN_NAME = "extensions-cdr"
+
+
+@dataclass(frozen=True)
+class CDRConfig:
+    rounds: int = 3
+    patience: int = 1
+    refine_rows: int = 4000
+    refine_lr: float = 1e-3
+    refine_batch: int = 16
+    refine_seed: int = 0
+
+
+def refine_items(model, seqs: np.ndarray, target: np.ndarray, item_num_pad: int, cfg: CDRConfig,
+                 log=None) -> list[float]:
+    """Fine-tune ``model.items`` only (every other parameter frozen for the call, restored after); returns the
+    loss per step."""
+    frozen = {n: p.requires_grad for n, p in model.named_parameters()}
+    for n, p in model.named_parameters():
+        p.requires_grad_(n == "items")
+    opt = torch.optim.AdamW([model.items], lr=cfg.refine_lr, weight_decay=0.0)
+    g = np.random.default_rng(cfg.refine_seed)
+    rows = g.choice(len(target), min(cfg.refine_rows, len(target)), replace=False)
+    curve = []
+    model.train()
+    try:
+        for s in range(0, len(rows) - cfg.refine_batch + 1, cfg.refine_batch):
+            idx = rows[s:s + cfg.refine_batch]
+            loss = F.cross_entropy(model(torch.as_tensor(seqs[idx], dtype=torch.long), item_num_pad),
+                                   torch.as_tensor(target[idx], dtype=torch.long))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            curve.append(round(loss.item(), 5))
+            if log and len(curve) % 25 == 0:
+                log(f"refine step {len(curve)}: loss {loss.item():.4f}")
+    finally:
+        for n, p in model.named_parameters():
+            p.requires_grad_(frozen[n])
+        model.eval()
+    return curve
+
+
+def build_teacher(dataset: str, name: str):
+    """(E4SRec rebuilt from its committed adapter, its teacher data set)."""
+    from reimpl.llm.real import load_smollm2
+    from reimpl.teachers import common, e4srec
+    from reimpl.teachers.bar import train_bar
+    from reimpl.teachers.run import RunOptions
+
+    folder = ROOT / "results" / "teachers" / dataset
+    rec = json.loads((folder / f"{name}.json").read_text())
+    cfg = e4srec.E4SRecConfig(**rec["config"])
+    d = common.load_dataset(dataset, RunOptions().data_dir)
+    bar, _ = train_bar(dataset)
+    llm, tok = load_smollm2()
+    prefix, _, suffix = common.DOMAIN_TEXT[d.domain]
+    model = e4srec.E4SRec(cfg, llm, tok, bar, prefix=prefix.rstrip(), suffix=suffix)
+    e4srec.load_adapter(folder / f"{name}.adapter.safetensors", model)
+    return model.eval(), d
+
+
+def _student(run: dz.DistilledRun, data, log):
+    """Train the kd student on ``data``; (result, student with the selected epoch's weights)."""
+    from reimpl.dllm2rec.student import build_student
+    from reimpl.engine.train import train
+
+    cfg = run.engine_config()
+    res = train(cfg, data, log=log, keep_best=True)
+    m = build_student(cfg.student, data.item_num, data.seq_size)
+    m.load_state_dict(res.pop("best_state"))
+    return res, m
+
+
+def _with_export(data, files):
+    out = dataclasses.replace(data)
+    out.candidates = torch.from_numpy(files.rank)
+    out.confidence = torch.tensor(files.confidence, dtype=torch.float)
+    out.llm_table = files.embeddings
+    return out
+
+
+def run_cdr(dataset: str, model_name: str, seed: int, cfg: CDRConfig = CDRConfig(), store_root: str | None = None,
+            log=print) -> list[str]:
+    from reimpl.baselines.converged import best_row
+    from reimpl.results.store import Store, make_record
+    from reimpl.teachers import e4srec
+    from reimpl.teachers import export as ex
+    from reimpl.teachers.run import _export
+
+    plan = dz.PLANS[dataset]
+    run = next(r for r in plan.runs() if r.model == model_name and r.arm == "kd" and r.seed == seed)
+    data, digest, facts = dz.load(run.teacher, dataset, run.protocol())
+    store, paths, best, stale = Store(store_root), [], -1.0, 0
+    t0 = time.perf_counter()
+    res, student = _student(run, data, log)
+    stored = dz.records(store_root).get(run.run_id)
+    base = {"run": run.run_id, "cdr": dataclasses.asdict(cfg), "engine": run.engine_config().as_dict()}
+    rec0 = {"round": 0, "test": best_row(res)["test"] if res["best"] else None, "student_s": time.perf_counter() - t0,
+            "matches_stored_kd_record": None if stored is None else best_row(stored)["test"] == res["best"]["test"]}
+    teacher, d = build_teacher(dataset, run.teacher)
+    if teacher.items.shape[1] != student.item_embeddings.weight.shape[1]:
+        raise ValueError(f"CDR: the student's item width {student.item_embeddings.weight.shape[1]} (tuned point "
+                         f"{run.overrides}) differs from the teacher's item table width {teacher.items.shape[1]}")
+    history = [rec0]
+    for r in range(1, cfg.rounds + 1):
+        t1 = time.perf_counter()
+        with torch.no_grad():
+            teacher.items.copy_(student.item_embeddings.weight[: teacher.item_num].to(teacher.items.dtype))
+        curve = refine_items(teacher, d.train.seqs, d.train.next, d.item_num, cfg, log)
+        t2 = time.perf_counter()
+        folder = RUNS / "cdr" / f"{run.run_id}__r{r}"
+        info = _export(str(folder), "export", lambda rows: e4srec.score_all(teacher, rows.seqs, d.item_num), d,
+                       teacher.items.detach(), {"teacher": f"{run.teacher}+cdr{r}", "round": r}, chunk=256)
+        files, _ = ex.read_compact(folder / "export.safetensors", d.item_num, n_train=len(d.train))
+        t3 = time.perf_counter()
+        res, student = _student(run, _with_export(data, files), log)
+        t4 = time.perf_counter()
+        ndcg10 = best_row(res)["test"]["ndcg"][2]
+        history.append({"round": r, "test": best_row(res)["test"], "best_epoch": res["best_epoch"],
+                        "refine_curve": curve, "export_target_in_top10": info["target_in_topk_all_items"],
+                        "cost_s": {"refine": t2 - t1, "export": t3 - t2, "student": t4 - t3}})
+        log(f"CDR round {r}: TEST NDCG@10 {ndcg10:.4f}")
+        stale = 0 if ndcg10 > best else stale + 1
+        best = max(best, ndcg10)
+        if stale >= cfg.patience:
+            break
+    rid = f"{run.run_id}__cdr{cfg.rounds}"
+    rec = make_record(plan=PLAN_NAME, run_id=rid, config=base, data={"digest": digest, "facts": facts},
+                      result={"history": history, "best_epoch": None, "stopped_early": len(history) <= cfg.rounds,
+                              "epochs_run": len(history) - 1, "train_s": time.perf_counter() - t0, "eval_s": 0.0},
+                      threads=torch.get_num_threads(), wall_s=time.perf_counter() - t0)
+    paths.append(str(store.put(rec)))
+    return paths
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m reimpl.extensions.cdr_engine", description=__doc__.splitlines()[0])
+    ap.add_argument("--dataset", default="ml100k-loo", choices=[k for k in dz.PLANS if k != "lastfm"])
+    ap.add_argument("--model", default="SASRec")
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--refine-rows", type=int, default=4000)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--commit", action="store_true")
+    a = ap.parse_args(argv)
+    torch.set_num_threads(a.threads)
+    for p in run_cdr(a.dataset, a.model, a.seed, CDRConfig(rounds=a.rounds, refine_rows=a.refine_rows)):
+        print(f"finished {p}")
+        if a.commit:
+            from reimpl.results.runs import git_commit
+
+            git_commit(p)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
