@@ -4,9 +4,9 @@ Plans (:data:`PLANS`): SASRec, GRU4Rec, Caser x {``plain``, ``kd``} x seeds 1-5,
 
 * ``lastfm``: LastFM as iLoRA publishes it (50,800 train rows of 976 users; 122 val and 122 test users, disjoint
   from the train users), the reference's default student settings, teacher ``e4srec-smollm2-l6-8000``;
-* ``ml100k-loo``: the converged baselines' leave-one-out split, each student at its tuned point of
-  ``reports/baselines_converged.md`` (objective ``bce``; a model joins once its tuning is complete), teacher
-  ``ml100k-loo-e4srec-smollm2`` trained on the split's train rows only (``results/teachers/ml100k-loo/``).
+* ``ml100k-loo`` / ``lastfm-loo``: the converged baselines' leave-one-out splits, each student at its tuned point
+  of ``reports/baselines_converged.md`` (objective ``bce``; a model joins once its tuning is complete), teacher
+  ``<split>-e4srec-smollm2`` trained on the split's train rows only (``results/teachers/<split>/``).
 
 ``kd`` reads the teacher's compact export without retraining (rows checked against the train split at read,
 :func:`reimpl.teachers.export.read_compact`) and trains with DLLM2Rec's default distillation (``lam`` 0.8,
@@ -126,7 +126,8 @@ def tuned_points(dataset: str, store_root: str | None = None) -> dict:
 DISTILLED = DistilledPlan()
 # leave-one-out: the teachers of reports/teachers.md trained on each split's train rows only (results/teachers/<d>/)
 PLANS = {"lastfm": DISTILLED,
-         "ml100k-loo": DistilledPlan(teacher="ml100k-loo-e4srec-smollm2", dataset="ml100k-loo")}
+         "ml100k-loo": DistilledPlan(teacher="ml100k-loo-e4srec-smollm2", dataset="ml100k-loo"),
+         "lastfm-loo": DistilledPlan(teacher="lastfm-loo-e4srec-smollm2", dataset="lastfm-loo")}
 
 
 @lru_cache(maxsize=4)
