@@ -55,3 +55,11 @@ def test_ensemble_disagreement_and_file(tmp_path):
         ensemble.read(p, 3)
     with pytest.raises(DataError, match="uncertainty"):
         ensemble.write(tmp_path / "x.safetensors", np.arange(2), np.array([0.1, np.nan]), {})
+
+
+def test_rationale_rows_and_missing_store(tmp_path, monkeypatch):
+    r = et.rationale_rows(97171, 0.1)
+    assert len(r) == 9717 and (r[1:] > r[:-1]).all() and et.rationale_rows(97171, 0.1).tolist() == r.tolist()
+    monkeypatch.setattr(et, "rationale_dir", lambda d: tmp_path / d)
+    with pytest.raises(ValueError, match="RDR needs rationales"):
+        et.vector_store("ml100k-loo")

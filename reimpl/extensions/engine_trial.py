@@ -28,7 +28,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
+import json
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,7 +39,7 @@ import numpy as np
 
 from reimpl.baselines import distilled as dz
 from reimpl.baselines.converged import best_row, ci95, tag, template_env
-from reimpl.paths import REPORTS, RUNS
+from reimpl.paths import REPORTS, ROOT, RUNS
 
 PLAN_NAME = "extensions"
 # arm -> (the distilled arm it builds on, ExtConfig fields, what it is)
@@ -49,7 +52,11 @@ ARMS = {
                      "`dllm2rec`, distillation weights of a row times p_teacher(target)"),
     "uamd-exp": ("kd", {"uamd": {"enabled": True, "fn": "exp"}},
                  "`dllm2rec`, distillation weights of a row times exp(-u / median u), mean-normalised"),
+    "rdr": ("kd", {"rdr": {"enabled": True, "lam": 0.5}},
+            "`dllm2rec` + 0.5 (1 - cos(proj(h), v_rationale)) on the rows with a SmolLM2 rationale"),
+    "rdr-only": ("plain", {"rdr": {"enabled": True, "lam": 0.5}}, "`plain` + the RDR term (no teacher ranking)"),
 }
+RATIONALE_GEN = {"max_new_tokens": 32, "batch_size": 16}
 TRAINED = tuple(a for a, (_, ext, _) in ARMS.items() if ext is not None)
 
 
@@ -71,7 +78,59 @@ class TrialRun:
 
 
 def trial_runs(plan: dz.DistilledPlan, arms: tuple = TRAINED, tuned: dict | None = None) -> list[TrialRun]:
-    return [TrialRun(r, a) for r in plan.runs(tuned) if r.arm == "kd" for a in arms if ARMS[a][0] == "kd"]
+    return [TrialRun(r, a) for r in plan.runs(tuned) for a in arms if ARMS[a][0] == r.arm]
+
+
+# ------------------------------------------------------------------------------------------------ rationales
+def rationale_dir(dataset: str) -> Path:
+    """Where a split's rationales live: the JSONL cache is committed (text, compact); vectors are a cache."""
+    return ROOT / "results" / "rationales" / dataset
+
+
+def rationale_rows(n_train: int, fraction: float, seed: int = 1) -> np.ndarray:
+    """The declared fraction of train rows that get a rationale (seeded, sorted)."""
+    k = max(1, int(round(fraction * n_train)))
+    return np.sort(np.random.default_rng(seed).choice(n_train, k, replace=False))
+
+
+def generate(dataset: str, fraction: float, max_rows: int | None = None, log=print) -> dict:
+    """Generate (resuming) the rationales of the declared fraction, at most ``max_rows`` new ones per call."""
+    from reimpl.extensions.rdr import CACHE_FILE, GenParams, build_prompt, generate_rationales, read_cache
+    from reimpl.teachers import common
+    from reimpl.teachers.run import RunOptions
+
+    d = common.load_dataset(dataset, RunOptions().data_dir)
+    rows = rationale_rows(len(d.train), fraction)
+    cache = rationale_dir(dataset) / CACHE_FILE
+    done = set(read_cache(cache)) if cache.is_file() else set()
+    todo = [int(r) for r in rows if int(r) not in done][:max_rows]
+    gen = GenParams(**RATIONALE_GEN)
+    prompts = [build_prompt([d.titles[i] for i in d.train.history(r)][-gen.max_history:],
+                            d.titles[int(d.train.next[r])]) for r in todo]
+    t0 = time.perf_counter()
+    generate_rationales(todo, prompts, rationale_dir(dataset), gen=gen)
+    secs = time.perf_counter() - t0
+    have = len(set(read_cache(cache)) & set(rows.tolist()))
+    log(f"{dataset}: {len(todo)} rationales generated in {secs:.0f} s; {have} of {len(rows)} "
+        f"({100 * fraction:g} % of {len(d.train)} train rows) done")
+    return {"generated": len(todo), "seconds": secs, "done": have, "planned": len(rows)}
+
+
+def vector_store(dataset: str) -> tuple[str, str]:
+    """(store folder in runs/, digest of its rows and keys) built from the committed JSONL (MiniLM)."""
+    import hashlib
+
+    from reimpl.extensions.rdr import CACHE_FILE, build_vector_store, read_cache
+
+    cache = rationale_dir(dataset) / CACHE_FILE
+    if not cache.is_file():
+        raise ValueError(f"RDR needs rationales: {cache} is missing (python -m reimpl.extensions.engine_trial "
+                         f"rationales --dataset {dataset} --fraction 0.1)")
+    recs = read_cache(cache)
+    store = RUNS / "rationales" / dataset
+    build_vector_store(recs, store)
+    key = hashlib.sha256(json.dumps([[r, recs[r]["key"]] for r in sorted(recs)]).encode()).hexdigest()
+    return str(store.relative_to(ROOT)), key
 
 
 def run_one(run: TrialRun, store_root: str | None = None, threads: int = 1,
@@ -80,8 +139,15 @@ def run_one(run: TrialRun, store_root: str | None = None, threads: int = 1,
     from reimpl.results.runs import train_record
 
     b = run.base
-    data, digest, facts = dz.load(b.teacher, b.dataset, b.protocol() if b.dataset != "lastfm" else None)
-    ext = ExtConfig.from_dict(run.ext())
+    data, digest, facts = dz.load(b.teacher if b.arm == "kd" else None, b.dataset,
+                                  b.protocol() if b.dataset != "lastfm" else None)
+    ext_d = run.ext()
+    if "rdr" in ext_d:
+        store, key = vector_store(b.dataset)
+        ext_d = {**ext_d, "rdr": {**ext_d["rdr"], "store": str(ROOT / store)}}
+        digest = hashlib.sha256(f"{digest}:{key}".encode()).hexdigest()
+        facts = {**facts, "rationales": {"store": store, "sha256": key}}
+    ext = ExtConfig.from_dict(ext_d)
     unc = getattr(data, "uncertainty", None)
     if ext.uamd.enabled and unc is None:
         unc, digest, facts = _ensemble_uncertainty(b, len(data.train_next), digest, facts)
@@ -217,11 +283,24 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--threads", type=int, default=1)
     r.add_argument("--backend", choices=("local", "ray", "submitit"), default="local")
     r.add_argument("--commit", action="store_true")
+    g = sub.add_parser("rationales", help="generate (resuming) the split's RDR rationales with SmolLM2")
+    g.add_argument("--dataset", choices=tuple(dz.PLANS), default="ml100k-loo")
+    g.add_argument("--fraction", type=float, default=0.1)
+    g.add_argument("--max-rows", type=int, default=None, help="at most this many new rationales in this call")
+    g.add_argument("--commit", action="store_true")
     rp = sub.add_parser("report")
     rp.add_argument("--dataset", choices=tuple(dz.PLANS), default="ml100k-loo")
     a = ap.parse_args(argv)
     if a.cmd == "report":
         print(report(a.dataset))
+        return 0
+    if a.cmd == "rationales":
+        generate(a.dataset, a.fraction, a.max_rows)
+        if a.commit:
+            from reimpl.extensions.rdr import CACHE_FILE
+            from reimpl.results.runs import git_commit
+
+            git_commit(str(rationale_dir(a.dataset) / CACHE_FILE))
         return 0
     base = dz.PLANS[a.dataset]
     plan = dataclasses.replace(base, models=tuple(a.model or base.models), seeds=tuple(a.seed or base.seeds))
