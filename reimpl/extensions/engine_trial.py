@@ -57,6 +57,7 @@ ARMS = {
     "rdr-only": ("plain", {"rdr": {"enabled": True, "lam": 0.5}}, "`plain` + the RDR term (no teacher ranking)"),
 }
 RATIONALE_GEN = {"max_new_tokens": 32, "batch_size": 16}
+TEMPLATES = Path(__file__).parent / "templates"
 TRAINED = tuple(a for a, (_, ext, _) in ARMS.items() if ext is not None)
 
 
@@ -105,8 +106,10 @@ def generate(dataset: str, fraction: float, max_rows: int | None = None, log=pri
     done = set(read_cache(cache)) if cache.is_file() else set()
     todo = [int(r) for r in rows if int(r) not in done][:max_rows]
     gen = GenParams(**RATIONALE_GEN)
+    template = (TEMPLATES / f"rationale_prompt_{d.domain}.txt").read_text(encoding="utf-8") \
+        if (TEMPLATES / f"rationale_prompt_{d.domain}.txt").is_file() else None   # LastFM: rdr.py's own template
     prompts = [build_prompt([d.titles[i] for i in d.train.history(r)][-gen.max_history:],
-                            d.titles[int(d.train.next[r])]) for r in todo]
+                            d.titles[int(d.train.next[r])], template) for r in todo]
     t0 = time.perf_counter()
     generate_rationales(todo, prompts, rationale_dir(dataset), gen=gen)
     secs = time.perf_counter() - t0
