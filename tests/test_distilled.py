@@ -28,7 +28,7 @@ def test_loo_plan_uses_the_tuned_points():
     assert {r.model for r in runs} == {"SASRec", "Caser"}  # GRU: tuning not complete, not planned yet
     sas = next(r for r in runs if r.model == "SASRec" and r.arm == "kd")
     assert sas.engine_config().student.lr == 0.003 and sas.protocol().source == "ml-100k"
-    assert sas.run_id == "ml100k-loo__SASRec__lr=0.003__kd__ml100k-loo-e4srec-smollm2__s1"
+    assert sas.run_id == "ml100k-loo__SASRec__lr=0.003__kd__ml100k-loo-e4srec-smollm2-32k__s1"
     assert dz.teacher_path(sas.teacher, sas.dataset).parent.name == "ml100k-loo"
     ml = dz.DistilledRun("GRU", "plain", 1, dataset="ml100k-loo", overrides=(("max_len", 50),))
     assert ml.protocol().max_len == 50 and ml.config()["overrides"] == [["max_len", 50]]
@@ -80,7 +80,7 @@ def test_loo_plain_reuses_the_identical_converged_run(tmp_path, monkeypatch):
     rec = {"schema": 1, "plan": "converged", "run_id": twin.run_id, "config": twin.config(), "history": [],
            "best_epoch": 1, "data": {"digest": "d"}}
     (tmp_path / "converged" / f"{twin.run_id}.json").write_text(json.dumps(rec))
-    plain = "ml100k-loo__SASRec__lr=0.003__plain__ml100k-loo-e4srec-smollm2__s1"
+    plain = "ml100k-loo__SASRec__lr=0.003__plain__ml100k-loo-e4srec-smollm2-32k__s1"
     assert dz.records(str(tmp_path))[plain]["run_id"] == twin.run_id
     rec["config"]["engine"]["student"]["dropout_rate"] = 0.3   # another run: not the twin any more
     (tmp_path / "converged" / f"{twin.run_id}.json").write_text(json.dumps(rec))

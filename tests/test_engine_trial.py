@@ -23,7 +23,7 @@ def test_trial_runs_share_the_distilled_runs_config():
     assert {r.arm for r in runs} == set(et.TRAINED) and {r.base.model for r in runs} == {"SASRec"}
     r = next(x for x in runs if x.arm == "sel-gt-error")
     assert r.config()["engine"] == r.base.config()["engine"] and r.config()["ext"]["selection"]["policy"] == "gt_error"
-    assert r.run_id == "ml100k-loo__SASRec__lr=0.003__sel-gt-error__ml100k-loo-e4srec-smollm2__s1"
+    assert r.run_id == "ml100k-loo__SASRec__lr=0.003__sel-gt-error__ml100k-loo-e4srec-smollm2-32k__s1"
 
 
 @pytest.mark.skipif(not (DATA / "ilora" / "lastfm").is_dir(), reason="needs ../shared/data/ilora/lastfm")
