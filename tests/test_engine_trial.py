@@ -34,7 +34,7 @@ def test_an_arm_trains_and_the_report_reads_it(tmp_path):
     assert rec["epochs_run"] == 1 and len(rec["selected"]["ranks"]) == 122 and 0 <= rec["selected"]["ece"] <= 1
     with pytest.raises(ValueError, match="UAMD needs a per-row uncertainty: the teacher export"):
         et.run_one(et.TrialRun(base, "uamd-exp"), store_root=str(tmp_path), runs_root=tmp_path / "runs")
-    text = et.report("lastfm", store_root=str(tmp_path), out=tmp_path / "r.md")
+    text = et.report(("lastfm",), store_root=str(tmp_path), out=tmp_path / "r.md")
     caser = text[text.index("## Caser"):]
     assert "| sel-gt-error |" in caser and "| 1 |" in caser.split("| sel-gt-error |")[1].split("\n")[0]
 

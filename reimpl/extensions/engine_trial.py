@@ -225,15 +225,27 @@ def verdict(delta: dict, p_adj: float, against: str) -> str:
     return f"cannot be told apart from `{against}` (Holm p {p_adj:.2g})"
 
 
-def report(dataset: str = "ml100k-loo", store_root: str | None = None, out: Path | None = None,
-           tuned: dict | None = None) -> str:
-    from scipy import stats
+LOO_PLANS = tuple(k for k in dz.PLANS if k != "lastfm")
 
+
+def report(datasets: tuple = LOO_PLANS, store_root: str | None = None, out: Path | None = None,
+           tuned: dict | None = None) -> str:
+    """``reports/extensions_engine.md``: a part per distilled plan (data set and teacher), from records only."""
     from reimpl.results.store import Store
 
-    plan = dz.PLANS[dataset]
     trial = {r["run_id"]: r for r in Store(store_root).records(PLAN_NAME)}
     base = dz.records(store_root)
+    parts = [{"dataset": d, "plan": dz.PLANS[d], "sections": _sections(dz.PLANS[d], trial, base, tuned)}
+             for d in datasets]
+    text = template_env(Path(__file__).parent / "templates").get_template("engine_trial.md.j2").render(
+        parts=parts, n_trial=len(trial))
+    (out or REPORTS / "extensions_engine.md").write_text(text)
+    return text
+
+
+def _sections(plan, trial: dict, base: dict, tuned: dict | None) -> list[dict]:
+    from scipy import stats
+
     runs = plan.runs(tuned)
     sections = []
     for m in plan.models:
@@ -268,10 +280,7 @@ def report(dataset: str = "ml100k-loo", store_root: str | None = None, out: Path
                 r["delta"][against]["p_holm"] = p
                 r["delta"][against]["verdict"] = verdict(r["delta"][against], p, against)
         sections.append({"model": m, "rows": rows})
-    text = template_env(Path(__file__).parent / "templates").get_template("engine_trial.md.j2").render(
-        plan=plan, dataset=dataset, sections=sections, n_trial=len(trial))
-    (out or REPORTS / "extensions_engine.md").write_text(text)
-    return text
+    return sections
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -292,10 +301,10 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--max-rows", type=int, default=None, help="at most this many new rationales in this call")
     g.add_argument("--commit", action="store_true")
     rp = sub.add_parser("report")
-    rp.add_argument("--dataset", choices=tuple(dz.PLANS), default="ml100k-loo")
+    rp.add_argument("--dataset", action="append", choices=tuple(dz.PLANS), help="default: every LOO plan")
     a = ap.parse_args(argv)
     if a.cmd == "report":
-        print(report(a.dataset))
+        print(report(tuple(a.dataset or LOO_PLANS)))
         return 0
     if a.cmd == "rationales":
         generate(a.dataset, a.fraction, a.max_rows)
