@@ -142,6 +142,7 @@ def load(teacher: str | None, dataset: str = "lastfm", protocol=None):
 
     from reimpl.data import load_ilora
     from reimpl.data.protocols import split_digest, to_student_data
+    from reimpl.engine.forward import trim_table
     from reimpl.teachers.export import read_compact
 
     if dataset == "lastfm":
@@ -166,14 +167,9 @@ def load(teacher: str | None, dataset: str = "lastfm", protocol=None):
         sha = hashlib.sha256(path.read_bytes()).hexdigest()
         digest = hashlib.sha256(f"{digest}:{sha}".encode()).hexdigest()
         facts["teacher"] = {"name": teacher, "file": str(path.relative_to(ROOT)), "sha256": sha,
-                            "k": int(files.rank.shape[1]), "d": int(meta.get("d", 0) or
-                                                                    _width(files.embeddings))}
+                            "k": int(files.rank.shape[1]),
+                            "d": int(meta.get("d", 0) or trim_table(files.embeddings).size(1))}
     return data, digest, facts
-
-
-def _width(emb) -> int:
-    nz = emb.ne(0).any(0).nonzero()
-    return int(nz.max()) + 1 if nz.numel() else 0
 
 
 def run_one(run: DistilledRun, store_root: str | None = None, threads: int = 1,
@@ -198,7 +194,7 @@ def records(store_root: str | None = None) -> dict[str, dict]:
     same engine run (same engine config, seed and split digest: the engine is deterministic, so training it
     again would reproduce it; a record whose config differs in anything is not used)."""
     from reimpl.baselines.converged import CONVERGED, records_by_id
-    from reimpl.results.store import Store
+    from reimpl.results.store import Store, _json_normal
 
     out = {r["run_id"]: r for r in Store(store_root).records(PLAN_NAME)}
     conv = records_by_id(store_root)
@@ -209,15 +205,9 @@ def records(store_root: str | None = None) -> dict[str, dict]:
             if run.arm != "plain" or run.run_id in out:
                 continue
             twin = conv.get(CONVERGED.run((run.dataset, run.model, "bce"), run.seed, run.overrides).run_id)
-            if twin is not None and twin["config"]["engine"] == json_normal(run.engine_config().as_dict()):
+            if twin is not None and twin["config"]["engine"] == _json_normal(run.engine_config().as_dict()):
                 out[run.run_id] = twin
     return out
-
-
-def json_normal(x):
-    import json
-
-    return json.loads(json.dumps(x))
 
 
 # ------------------------------------------------------------------------------------------------ report
@@ -225,18 +215,24 @@ def _test(rec: dict, metric: str, k: int) -> float:
     return best_row(rec)["test"][metric][rec["config"]["engine"]["student"]["topk"].index(k)]
 
 
-def paired(runs: list[DistilledRun], recs: dict, model: str, metric: str, k: int) -> dict:
-    """kd minus plain on TEST ``metric@k``, over the seeds both arms finished: mean, 95 % CI, paired t p-value."""
+def paired_delta(x: dict, y: dict) -> dict:
+    """``x - y`` over the seeds both hold (``{seed: value}``): n, mean, 95 % CI half-width, paired t p-value (NaN
+    with fewer than 2 pairs or no spread)."""
     from scipy import stats
 
-    by = {(r.arm, r.seed): recs.get(r.run_id) for r in runs if r.model == model}
-    pairs = [(by[("kd", s)], by[("plain", s)]) for (arm, s) in sorted(by) if arm == "kd"
-             and by.get(("kd", s)) is not None and by.get(("plain", s)) is not None]
-    d = np.array([_test(a, metric, k) - _test(b, metric, k) for a, b in pairs])
+    common = sorted(set(x) & set(y))
+    d = np.array([x[s] - y[s] for s in common])
     m, h = ci95(d)
-    p = float(stats.ttest_rel([_test(a, metric, k) for a, _ in pairs], [_test(b, metric, k) for _, b in pairs]
-                              ).pvalue) if len(d) >= 2 and d.std() > 0 else float("nan")
+    p = float(stats.ttest_rel([x[s] for s in common], [y[s] for s in common]).pvalue) \
+        if len(d) >= 2 and d.std() > 0 else float("nan")
     return {"n": len(d), "mean": m, "half": h, "p": p}
+
+
+def paired(runs: list[DistilledRun], recs: dict, model: str, metric: str, k: int) -> dict:
+    """kd minus plain on TEST ``metric@k``, over the seeds both arms finished (:func:`paired_delta`)."""
+    arm = {a: {r.seed: _test(recs[r.run_id], metric, k) for r in runs
+               if r.model == model and r.arm == a and r.run_id in recs} for a in ("kd", "plain")}
+    return paired_delta(arm["kd"], arm["plain"])
 
 
 def section(plan: DistilledPlan, recs: dict, tuned: dict | None = None) -> dict:

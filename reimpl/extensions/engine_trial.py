@@ -39,6 +39,7 @@ import numpy as np
 
 from reimpl.baselines import distilled as dz
 from reimpl.baselines.converged import best_row, ci95, tag, template_env
+from reimpl.baselines.stats import holm
 from reimpl.paths import REPORTS, ROOT, RUNS
 
 PLAN_NAME = "extensions"
@@ -204,17 +205,6 @@ def _metric(rec: dict, metric: str = "ndcg", k: int = 10) -> float:
     return best_row(rec)["test"][metric][rec["config"]["engine"]["student"]["topk"].index(k)]
 
 
-def holm(pvals: list[float]) -> list[float]:
-    """Holm-Bonferroni adjusted p-values (NaN stays NaN)."""
-    idx = [i for i, p in enumerate(pvals) if p == p]
-    order = sorted(idx, key=lambda i: pvals[i])
-    out, run_max = [float("nan")] * len(pvals), 0.0
-    for r, i in enumerate(order):
-        run_max = max(run_max, min(1.0, (len(order) - r) * pvals[i]))
-        out[i] = run_max
-    return out
-
-
 def verdict(delta: dict, p_adj: float, against: str) -> str:
     if delta["n"] == 0:
         return f"pending against `{against}` (no paired seed yet)"
@@ -244,7 +234,6 @@ def report(datasets: tuple = LOO_PLANS, store_root: str | None = None, out: Path
 
 
 def _sections(plan, trial: dict, base: dict, tuned: dict | None) -> list[dict]:
-    from scipy import stats
 
     runs = plan.runs(tuned)
     sections = []
@@ -264,14 +253,9 @@ def _sections(plan, trial: dict, base: dict, tuned: dict | None) -> list[dict]:
             vals = [_metric(x) for x in seeds.values()]
             row = {"arm": arm, "what": ARMS[arm][2], "n": len(vals), "ndcg10": ci95(vals) if vals else None,
                    "hr10": ci95([_metric(x, "hr") for x in seeds.values()]) if vals else None, "delta": {}}
-            for against in ("dllm2rec", "plain"):
-                common = sorted(set(seeds) & set(per_arm[against]))
-                d = np.array([_metric(seeds[s]) - _metric(per_arm[against][s]) for s in common])
-                p = float(stats.ttest_rel([_metric(seeds[s]) for s in common],
-                                          [_metric(per_arm[against][s]) for s in common]).pvalue) \
-                    if len(d) >= 2 and d.std() > 0 and arm != against else float("nan")
-                mean, half = ci95(d) if len(d) else (float("nan"), float("nan"))
-                row["delta"][against] = {"n": len(d), "mean": mean, "half": half, "p": p}
+            for against in ("dllm2rec", "plain"):   # an arm against itself: all-zero differences, p NaN
+                row["delta"][against] = dz.paired_delta({s: _metric(x) for s, x in seeds.items()},
+                                                        {s: _metric(x) for s, x in per_arm[against].items()})
                 tests.append((row, against))
             rows.append(row)
         for against in ("dllm2rec", "plain"):
