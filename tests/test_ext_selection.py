@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
@@ -76,3 +77,42 @@ def test_factor_shape_and_range(b, k, ratio, scale, policy, output, prefer, dtyp
 def test_top_fraction_mask_ties_stable():
     assert top_fraction_mask(torch.tensor([1.0, 1.0, 1.0]), 1 / 3).tolist() == [1.0, 0.0, 0.0]
     assert top_fraction_mask(torch.tensor([1.0, 2.0]), 0.0).tolist() == [0.0, 0.0]
+
+
+def test_gt_mean_is_the_constant_mean_of_gt_error_weights():
+    from reimpl.extensions.hooks import ExtConfig, build_hooks
+    from reimpl.extensions.selection import mean_gt_weight
+    from tests.ext_helpers import tiny_data
+
+    d = tiny_data()
+    c = mean_gt_weight(d.candidates[:, :10], d.confidence[:, :10], torch.as_tensor(d.train_next))
+    h_mean = build_hooks(ExtConfig.from_dict({"selection": {"policy": "gt_mean", "output": "weight"}}), d,
+                         candidate_topk=10, hidden=64)
+    h_err = build_hooks(ExtConfig.from_dict({"selection": {"policy": "gt_error", "output": "weight"}}), d,
+                        candidate_topk=10, hidden=64)
+    every = np.arange(len(d.train_next))
+    f_err = h_err.kd_weight(every, torch.randn(len(every), d.item_num))
+    # the same total distillation weight over the split, spread evenly
+    assert abs(float(f_err.mean()) - c) < 1e-12
+    f = h_mean.kd_weight(np.array([0, 3, 7]), torch.randn(3, d.item_num))
+    assert torch.equal(f, torch.full((3,), c, dtype=torch.float64))
+    with pytest.raises(ValueError, match="needs SelectionConfig.value"):
+        selection_factor(SelectionConfig(policy="gt_mean", output="weight"), torch.randn(2, 5),
+                         torch.zeros(2, 3, dtype=torch.long), torch.zeros(2, 3), torch.zeros(2, dtype=torch.long))
+
+
+def test_const_zero_switches_the_ranking_term_off():
+    """kd-no-rank: factor 0 leaves exactly the loss of lam = 0 with DRO and the embedding injection kept."""
+    from reimpl.engine.losses import Objective, loss
+
+    torch.manual_seed(0)
+    B, n_items = 6, 30
+    out = torch.randn(B, n_items, dtype=torch.float64, requires_grad=True)
+    tgt, neg = torch.randint(0, n_items, (B,)), torch.randint(0, n_items, (B, 1))
+    cand, conf = torch.randint(0, n_items, (B, 10)), torch.rand(B, 10, dtype=torch.float64)
+    ps = torch.rand(n_items, dtype=torch.float64)
+    f = selection_factor(SelectionConfig(policy="const", output="weight", value=0.0), out, cand, conf, tgt)
+    kd, _ = loss(out, tgt, neg, Objective(lam=0.8, alpha=1.0), ps=ps, candidates=cand, confidence=conf,
+                 kd_weight=lambda o: f)
+    off, _ = loss(out, tgt, neg, Objective(lam=0.0, alpha=1.0), ps=ps)
+    torch.testing.assert_close(kd, off, rtol=1e-12, atol=0)

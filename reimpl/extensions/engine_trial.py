@@ -51,6 +51,12 @@ ARMS = {
                     "`dllm2rec`, distillation only on the half of each batch with the largest KL(teacher ‖ student)"),
     "sel-gt-error": ("kd", {"selection": {"policy": "gt_error", "output": "weight"}},
                      "`dllm2rec`, distillation weights of a row times p_teacher(target)"),
+    "sel-gt-mean": ("kd", {"selection": {"policy": "gt_mean", "output": "weight"}},
+                    "`dllm2rec`, distillation weights of every row times the train split's mean p_teacher(target) "
+                    "(the control for `sel-gt-error`: as much distillation, not selective)"),
+    "kd-no-rank": ("kd", {"selection": {"policy": "const", "output": "weight", "value": 0.0}},
+                   "`dllm2rec` without its ranking distillation (weights times 0): DRO on the target and the "
+                   "teacher-embedding injection only"),
     "uamd-exp": ("kd", {"uamd": {"enabled": True, "fn": "exp"}},
                  "`dllm2rec`, distillation weights of a row times exp(-u / median u), mean-normalised"),
     "rdr": ("kd", {"rdr": {"enabled": True, "lam": 0.5}},
@@ -158,6 +164,8 @@ def run_one(run: TrialRun, store_root: str | None = None, threads: int = 1,
     ecfg = b.engine_config()
     hooks = build_hooks(ext, data, candidate_topk=ecfg.student.candidate_topk,
                         hidden=repr_width(ecfg.student, data.item_num, data.seq_size), uncertainty=unc)
+    if ext.selection.policy == "gt_mean":    # the constant is derived from the teacher export: record it
+        facts = {**facts, "gt_mean_value": ext.selection.value}
 
     def finish(res, rec):
         rec["selected"] = _selected_rows(res, ecfg, data)

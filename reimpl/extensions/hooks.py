@@ -17,7 +17,7 @@ from reimpl.dllm2rec.config import DLLM2RecConfig
 from reimpl.dllm2rec.train import DLLM2RecData, TrainHooks
 from reimpl.extensions.metrics import evaluate_student
 from reimpl.extensions.rdr import RDRConfig, RDRHead, load_vector_store
-from reimpl.extensions.selection import SelectionConfig, selection_factor
+from reimpl.extensions.selection import SelectionConfig, mean_gt_weight, selection_factor
 from reimpl.extensions.uamd import UAMDConfig, read_uncertainty, uncertainty_weight
 
 
@@ -58,6 +58,9 @@ def build_hooks(ext: ExtConfig, data: DLLM2RecData, *, candidate_topk: int, hidd
         if data.candidates is None:
             raise ValueError("build_hooks: UAMD / sample selection act on the KD term and need the teacher "
                              "ranking (lam != 0)")
+        if sel.policy == "gt_mean" and sel.value is None:   # once, over every train row
+            sel.value = mean_gt_weight(data.candidates[:, :candidate_topk], data.confidence[:, :candidate_topk],
+                                       torch.as_tensor(data.train_next))
 
         def kd_weight(rows: np.ndarray, out: torch.Tensor) -> torch.Tensor:
             idx = torch.as_tensor(rows)

@@ -13,6 +13,11 @@ distribution over the same candidates: ``q_s = softmax(scores[candidates] / tau)
   ``exp(-d) / mean_B(exp(-d))`` (``low``). No gradient flows through ``f``.
 * ``gt_error``: the teacher's ground-truth error ``e = 1 - p_t(target)`` (``e = 1`` when the target is
   not among the K candidates). ``mask``: keep rows with ``e <= threshold``; ``weight``: ``f = 1 - e``.
+* ``gt_mean``: the control for ``gt_error``/``weight``: every row gets the same factor, the mean of ``1 - e`` over
+  the whole train split (:func:`mean_gt_weight`). It distils as much in total as ``gt_error`` does, but not
+  selectively, so a gain of ``gt_error`` over it is the selection's and not a smaller distillation weight's.
+* ``const``: every row gets ``value`` (``0`` switches the ranking distillation off and keeps DLLM2Rec's DRO on the
+  target and its teacher-embedding injection: the ablation that tells those parts from the ranking term).
 
 Masks keep at least one row when ``ratio > 0`` (``ceil(ratio * B)``); ties at the cut keep the lower
 batch position (stable sort).
@@ -25,7 +30,7 @@ from dataclasses import dataclass
 
 import torch
 
-POLICIES = ("all", "kl", "gt_error")
+POLICIES = ("all", "kl", "gt_error", "gt_mean", "const")
 
 
 @dataclass
@@ -36,6 +41,7 @@ class SelectionConfig:
     prefer: str = "high"      # kl: high | low divergence is kept / up-weighted
     threshold: float = 0.9    # gt_error/mask: keep rows whose teacher error is <= threshold
     tau: float = 1.0          # student temperature for q_s
+    value: float | None = None  # const: the factor; gt_mean: the same, filled by build_hooks from the split
 
     def __post_init__(self) -> None:
         if self.policy not in POLICIES:
@@ -84,6 +90,11 @@ def teacher_gt_error(candidates: torch.Tensor, confidence: torch.Tensor, target:
     return 1.0 - (p * (candidates == target.unsqueeze(1))).sum(1)
 
 
+def mean_gt_weight(candidates: torch.Tensor, confidence: torch.Tensor, target: torch.Tensor) -> float:
+    """Mean over rows of ``p_t(target) = 1 - e`` (``[N, K]``, ``[N, K]``, ``[N]``): ``gt_mean``'s constant."""
+    return float((1.0 - teacher_gt_error(candidates, confidence, target)).mean())
+
+
 def top_fraction_mask(score: torch.Tensor, ratio: float, largest: bool = True) -> torch.Tensor:
     """float ``[B]`` 0/1 mask keeping ``ceil(ratio * B)`` rows with the largest (or smallest) score."""
     b = score.numel()
@@ -101,6 +112,11 @@ def selection_factor(cfg: SelectionConfig, scores: torch.Tensor, candidates: tor
     b = scores.size(0)
     if cfg.policy == "all":
         return torch.ones(b, dtype=torch.float64, device=scores.device)
+    if cfg.policy in ("gt_mean", "const"):
+        if cfg.value is None:
+            raise ValueError(f"selection: policy {cfg.policy!r} needs SelectionConfig.value (for gt_mean, "
+                             "mean_gt_weight of the train split; build_hooks computes it)")
+        return torch.full((b,), float(cfg.value), dtype=torch.float64, device=scores.device)
     if cfg.policy == "kl":
         d = kl_teacher_student(scores, candidates, confidence, cfg.tau)
         if cfg.output == "mask":
