@@ -114,6 +114,7 @@ class ILoRATeacher(nn.Module):
         self.projector = projector
         self.router = router
         self.ph_ids: PlaceholderIds = placeholder_ids(tokenizer)
+        self.answer_logits_only = False     # fixed mode: LM head at the answer positions only (forward)
         # .train() reaches the frozen SASRec too, as Lightning 1.x's fit did (ILORA-REC-TRAIN-MODE:
         # faithful draws SASRec dropout in training; fixed's encode_users never does).
 
@@ -154,10 +155,28 @@ class ILoRATeacher(nn.Module):
                           mode=self.cfg.mode, special_ids=special)
 
     def forward(self, batch: dict) -> TeacherOutput:
-        """LM loss of the answer given the prompt (model_interface.py:37-58, 289-294)."""
+        """LM loss of the answer given the prompt (model_interface.py:37-58, 289-294).
+
+        With ``answer_logits_only`` (fixed mode, set by the caller, e.g. :mod:`reimpl.teachers.ilora`) the LM head
+        runs only at the positions that predict an answer token (their union over the batch): the same loss up to
+        float rounding, without the ``[B, L, V]`` logits of the prompt, which nothing reads in training. The
+        returned ``logits`` / ``labels`` are then ``[B, K, V]`` / ``[B, K]`` at those positions (labels already
+        shifted: ``labels[:, k]`` is the token that ``logits[:, k]`` predicts)."""
         labels = self.labels(batch)
         embeds, user = self.wrap_emb(batch)
         gate = self.gate(user)
+        if self.answer_logits_only and self.cfg.mode == "fixed":
+            shift = torch.nn.functional.pad(labels, (0, 1), value=IGNORE_INDEX)[:, 1:]
+            keep = torch.nonzero((shift != IGNORE_INDEX).any(0)).flatten()
+            if keep.numel() == 0:
+                raise ValueError("teacher batch: no answer token to train on (every label is -100)")
+            out = self.llama_model(inputs_embeds=embeds, attention_mask=batch["attention_mask"], use_cache=False,
+                                   return_dict=True, gate_weights=gate, logits_to_keep=keep)
+            tgt = shift[:, keep]
+            lg = out.logits.to(torch.promote_types(out.logits.dtype, torch.float32))   # as causal_lm_loss
+            loss = torch.nn.functional.cross_entropy(lg.reshape(-1, lg.size(-1)),
+                                                     tgt.reshape(-1), ignore_index=IGNORE_INDEX)
+            return TeacherOutput(loss, out.logits, tgt, gate)
         out = self.llama_model(inputs_embeds=embeds, attention_mask=batch["attention_mask"], use_cache=False,
                                return_dict=True, gate_weights=gate)
         return TeacherOutput(causal_lm_loss(out.logits, labels), out.logits, labels, gate)

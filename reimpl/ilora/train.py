@@ -79,6 +79,9 @@ class TrainConfig:
     limit_rows: int | None = None     # use only the first rows of the train split
     optim: OptimConfig = field(default_factory=OptimConfig)
     mode: str = field(default="faithful", metadata={"choices": ("faithful", "fixed")})
+    # bf16 autocast of the forward on CPU (AVX-512 BF16 matmuls; fixed mode only: the reference trains in the
+    # LLM's own dtype, and the loss curve of a bf16 run is compared with an fp32 one in reports/teachers.md)
+    bf16: bool = False
 
     def __post_init__(self) -> None:
         check_mode(self.mode)
@@ -88,6 +91,8 @@ class TrainConfig:
         for name in ("limit_train_batches", "limit_rows"):
             v = getattr(self, name)
             require(v is None or v >= 1, f"--{name}", "an integer >= 1 (or none)", v)
+        require(not self.bf16 or self.mode == "fixed", "--bf16", "false in faithful mode (the reference has no "
+                "autocast)", self.bf16)
 
 
 def train_batches(data: LastFMData, tokenizer, prompts: Sequence[str], mode: str, terminator: str = "\n"
@@ -270,7 +275,8 @@ def train(teacher, data: LastFMData, prompts: Sequence[str], cfg: TrainConfig, c
             use_emb = not batch["flag"]
             emb_batches += int(use_emb)
             teacher.projector.requires_grad_(not batch["flag"])   # training_step l.137-142
-            out = model(batch)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
+                out = model(batch)
             (out.loss / cfg.accumulate_grad_batches).backward()
             losses.append(accelerator.reduce(out.loss.detach(), "mean").item() if world > 1 else out.loss.item())
             last = b == per_epoch - 1

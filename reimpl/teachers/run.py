@@ -4,6 +4,7 @@
     python -m reimpl.teachers.run e4srec --max_train_rows 1000 --eval_rows 500 --llm_layers 6
     python -m reimpl.teachers.run llamarec --splits val,test   # zero-shot two-stage reranker
     python -m reimpl.teachers.run sasrec          # the SASRec checkpoint alone (the bar)
+    python -m reimpl.teachers.run ilora --max_train_rows 5000 --chunk_batches 50   # iLoRA, in resumable chunks
 
 Every run evaluates on the same rows and candidates (:mod:`reimpl.teachers.common`): the held-out train rows
 (the last ``--heldout_rows``, never trained on by these teachers; ``--eval_rows`` takes the first n of them), val
@@ -28,9 +29,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from reimpl import checkpoint as ckpt_io
 from reimpl.cliconf import add_dataclass_arguments, build, from_namespace, require
 from reimpl.paths import ROOT, RUNS, SHARED
-from reimpl.teachers import common, dense, e4srec
+from reimpl.teachers import common, dense, e4srec, ilora
 from reimpl.teachers import export as ex
 
 RESULTS = ROOT / "results" / "teachers"
@@ -327,6 +329,90 @@ def run_e4srec(cfg: e4srec.E4SRecConfig, opts: RunOptions) -> Path:
     return _write(results_dir(opts), name, rec)
 
 
+def run_ilora(cfg: ilora.ILoRAConfig, opts: RunOptions) -> Path:
+    """iLoRA (reimpl.ilora, fixed mode) trained on the teachers' rows in chunks, evaluated once training ends.
+
+    Each call trains ``--chunk_batches`` micro-batches (or to the end), checkpoints to ``runs/teachers/<name>/``
+    and to the results store (``<name>.ckpt.safetensors``, compact), and rewrites ``<name>.json`` with the
+    progress; a call on a machine without the runs/ checkpoint continues from the committed one."""
+    from reimpl.ilora import train as it
+    from reimpl.ilora.prompt import load_prompts
+    from reimpl.paths import REF_DIR
+
+    d = load_data(opts)
+    sas, bar_facts = load_bar(d, opts)
+    base = ilora.training_rows(d.train if d.loo else common.split_train(d.train, opts.heldout_rows)[0])
+    if opts.max_train_rows is not None and opts.max_train_rows < len(base):
+        g = np.random.default_rng(cfg.seed)
+        base = base.take(np.sort(g.choice(len(base), opts.max_train_rows, replace=False)))
+    sets = eval_sets(d, opts)
+    torch.manual_seed(cfg.seed)
+    teacher = ilora.build(cfg, sas, opts.llm)
+    prompts = load_prompts(REF_DIR / "iLoRA" / "prompt" / ilora.PROMPTS[d.domain])
+    data = ilora.RowsData(base, d.titles, d.item_num, opts.n_cands, source=d.data_dir)
+    name = teacher_name(opts, f"ilora-{opts.llm}" + (f"-l{cfg.llm_layers}" if cfg.llm_layers else ""))
+    tcfg = ilora.train_config(cfg)
+    ck_dir = RUNS / "teachers" / name
+    last, side = ck_dir / "last.ckpt", ck_dir / "extra.json"
+    committed = Path(results_dir(opts)) / f"{name}.ckpt.safetensors"
+    identity = it.run_identity(teacher, data, tcfg)
+    resume, note = None, "fresh start"
+    extra: dict = {"curve": [], "chunks": []}
+    if last.is_file():
+        resume, note = last, "resumed from this machine's checkpoint (exact)"
+        if side.is_file():
+            extra = json.loads(side.read_text())
+    elif committed.is_file():
+        extra = ilora.restore_checkpoint(committed, last, identity)
+        resume, note = last, "resumed from the committed checkpoint (Adam moments rounded to bfloat16)"
+    n_batches = tcfg.max_epochs * (len(data) // tcfg.batch_size)
+    print(f"{name}: {len(data)} train rows, {n_batches} micro-batches; {note}", flush=True)
+    load0 = _load()
+    r = it.train(teacher, data, prompts, tcfg, ckpt_dir=ck_dir, resume=resume, progress=False,
+                 stop_after_batches=cfg.chunk_batches)
+    ck = ckpt_io.load(last, kind=it.CKPT_KIND)
+    finished = ck["epoch"] >= tcfg.max_epochs
+    if r.batches:
+        extra["curve"] += [round(x, 5) for x in r.losses]
+        extra["chunks"].append({"batches": r.batches, "seconds": round(r.seconds, 2), "start": note,
+                                "threads": torch.get_num_threads(), "machine": platform.node(),
+                                "load_at_start": load0, "load_at_end": _load(), "code": _git_head()})
+        side.write_text(json.dumps(extra))
+        ilora.compact_checkpoint(last, committed, extra)
+    done = len(extra["curve"])
+    secs = sum(c["seconds"] for c in extra["chunks"])
+    rec = {"teacher": name, "method": "ilora", "config": ilora.config_dict(cfg), "options": dataclasses.asdict(opts),
+           "env": _env(opts), "command": _command(),
+           "encoder": {"llm": SMOLLM2_ID if opts.llm == "smollm2" else "tiny-llama-seed0",
+                       "trainable_params": sum(p.numel() for p in teacher.parameters() if p.requires_grad)},
+           "train": {"rows": len(data), "micro_batches": n_batches, "micro_batches_done": done,
+                     "optimizer_steps": int(ck["global_step"]), "finished": finished, "train_s": round(secs, 2),
+                     "s_per_row": round(secs / max(done * tcfg.batch_size, 1), 3), "loss_curve": extra["curve"],
+                     "chunks": extra["chunks"]},
+           "checkpoint": {"file": _rel(committed), "bytes": committed.stat().st_size if committed.is_file() else 0},
+           "sasrec_bar_model": bar_facts}
+    if finished:
+        t0 = time.perf_counter()
+        rec["eval"] = {k: ilora.evaluate(teacher, rows, d.titles, prompts, cfg, opts.n_cands, opts.cand_seed,
+                                         cfg.generation and k in ("val", "test")) for k, rows in sets.items()}
+        rec["eval_s"] = round(time.perf_counter() - t0, 2)
+        rec["sasrec_bar"] = sasrec_bar(sas, sets, opts)
+    rec["env"]["load_at_end"] = _load()
+    rec["data"] = data_facts(d)
+    return _write(results_dir(opts), name, rec)
+
+
+def _rel(p: Path) -> str:
+    return str(p.relative_to(ROOT)) if p.is_relative_to(ROOT) else str(p)
+
+
+def _git_head() -> str:
+    import subprocess
+
+    out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+    return out.stdout.strip() or "unknown"
+
+
 def run_llamarec(cfg, opts: RunOptions, splits: tuple[str, ...]) -> Path:
     """Zero-shot LlamaRec (no reranker training in this CLI): the shared candidates reranked by the verbalizer, and
     the two-stage ranking over all items (SASRec top ``n``, reranked). Two LLM passes per row."""
@@ -441,21 +527,26 @@ def main(argv=None) -> int:
     pl = sub.add_parser("llamarec")
     add_dataclass_arguments(pl, RunOptions, skip=("n_cands",))
     pl.add_argument("--splits", default="val,test", help="eval sets among heldout,val,test (default: val,test)")
+    pi = sub.add_parser("ilora")
+    add_dataclass_arguments(pi, ilora.ILoRAConfig)
+    add_dataclass_arguments(pi, RunOptions)
     ps = sub.add_parser("sasrec")
     add_dataclass_arguments(ps, RunOptions)
     ps.add_argument("--retrain_epochs", type=int, default=0,
                     help="0: the shipped checkpoint; n: a fresh SASRec trained n epochs on the non-held-out rows")
     a = p.parse_args(argv)
     _ARGV[:] = list(sys.argv[1:] if argv is None else argv)
-    parser = {"dense": pd, "e4srec": pe, "llamarec": pl, "sasrec": ps}[a.cmd]
+    parser = {"dense": pd, "e4srec": pe, "llamarec": pl, "sasrec": ps, "ilora": pi}[a.cmd]
     opts = build(parser, lambda: from_namespace(RunOptions, a))
-    require(a.cmd in ("dense", "e4srec") or opts.dataset == "lastfm", "--dataset",
-            "lastfm for the llamarec and sasrec commands (leave-one-out splits: dense and e4srec)", opts.dataset)
+    require(a.cmd in ("dense", "e4srec", "ilora") or opts.dataset == "lastfm", "--dataset",
+            "lastfm for the llamarec and sasrec commands (leave-one-out splits: dense, e4srec, ilora)", opts.dataset)
     torch.set_num_threads(opts.threads)
     if a.cmd == "dense":
         out = run_dense(build(parser, lambda: from_namespace(dense.DenseConfig, a)), opts)
     elif a.cmd == "e4srec":
         out = run_e4srec(build(parser, lambda: from_namespace(e4srec.E4SRecConfig, a)), opts)
+    elif a.cmd == "ilora":
+        out = run_ilora(build(parser, lambda: from_namespace(ilora.ILoRAConfig, a)), opts)
     elif a.cmd == "llamarec":
         from reimpl.teachers.llamarec import LlamaRecConfig
 
