@@ -73,6 +73,18 @@ def rows(folder: Path = ROOT / "results" / "teachers") -> list[dict]:
                             "threads": threads, "tokens_per_s": e["tokens_per_s"], "rows_per_s": None,
                             "layers": N_LAYERS, "gflops": e["tokens_per_s"] * fwd_flops_per_token(N_LAYERS) / 1e9,
                             "command": cmd})
+        elif r["method"] == "ilora" and r.get("train", {}).get("chunks"):
+            # chunks that counted their tokens; training = forward + the activation backward through every layer
+            ch = [c for c in r["train"]["chunks"] if c.get("tokens")]
+            if ch:
+                secs = sum(c["seconds"] for c in ch)
+                tps = sum(c["tokens"] for c in ch) / secs
+                layers = r["config"].get("llm_layers") or N_LAYERS
+                rows_done = sum(c["batches"] for c in ch) * r["config"]["batch_size"]
+                out.append({"teacher": name, "phase": f"train ({rows_done} of {r['train']['rows']} rows so far, "
+                            f"bf16 autocast, answer-only LM head)", "threads": ch[-1].get("threads", threads),
+                            "tokens_per_s": tps, "rows_per_s": rows_done / secs, "layers": layers,
+                            "gflops": tps * 2 * fwd_flops_per_token(layers) / 1e9, "command": cmd})
         elif r["method"] == "llamarec" and r.get("eval_tokens_per_s"):
             tps = r["eval_tokens_per_s"]
             out.append({"teacher": name, "phase": "rerank (two forwards per row)", "threads": threads,

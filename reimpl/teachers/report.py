@@ -77,7 +77,8 @@ def render(results: list[dict], loo: dict[str, list[dict]] | None = None) -> str
     return env.get_template(TEMPLATE.name).render(best=best, loo=loo or {},
         results=results, trained=trained, sets=SETS, bars=bars,
         sasrec=next((r for r in results if r["method"] == "sasrec"), None),
-        ilora=next((r for r in results if r["method"] == "ilora"), None))
+        ilora=next((r for r in results if r["method"] == "ilora" and "chunks" not in r.get("train", {})), None),
+        ilora_runs=[r for r in results if r["method"] == "ilora" and "chunks" in r.get("train", {})])
 
 
 def main(argv=None) -> int:

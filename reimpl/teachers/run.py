@@ -368,15 +368,25 @@ def run_ilora(cfg: ilora.ILoRAConfig, opts: RunOptions) -> Path:
     n_batches = tcfg.max_epochs * (len(data) // tcfg.batch_size)
     print(f"{name}: {len(data)} train rows, {n_batches} micro-batches; {note}", flush=True)
     load0 = _load()
+    tokens = {"real": 0, "padded": 0}
+    rows_batches = it.train_batches(data, teacher.tokenizer, prompts, "fixed", teacher.cfg.terminator)
+
+    def counted(idx, rng, p):   # the default batches, counted (tokens/s for make bench)
+        b = rows_batches(idx, rng, p)
+        tokens["real"] += int(b["attention_mask"].sum())
+        tokens["padded"] += int(b["input_ids"].numel())
+        return b
+
     r = it.train(teacher, data, prompts, tcfg, ckpt_dir=ck_dir, resume=resume, progress=False,
-                 stop_after_batches=cfg.chunk_batches)
+                 stop_after_batches=cfg.chunk_batches, batch_source=counted)
     ck = ckpt_io.load(last, kind=it.CKPT_KIND)
     finished = ck["epoch"] >= tcfg.max_epochs
     if r.batches:
         extra["curve"] += [round(x, 5) for x in r.losses]
         extra["chunks"].append({"batches": r.batches, "seconds": round(r.seconds, 2), "start": note,
                                 "threads": torch.get_num_threads(), "machine": platform.node(),
-                                "load_at_start": load0, "load_at_end": _load(), "code": _git_head()})
+                                "load_at_start": load0, "load_at_end": _load(), "code": _git_head(),
+                                "tokens": tokens["real"], "padded_tokens": tokens["padded"]})
         side.write_text(json.dumps(extra))
         ilora.compact_checkpoint(last, committed, extra)
     done = len(extra["curve"])
