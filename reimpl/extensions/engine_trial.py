@@ -229,11 +229,13 @@ LOO_PLANS = tuple(k for k in dz.PLANS if k != "lastfm")
 def report(datasets: tuple = LOO_PLANS, store_root: str | None = None, out: Path | None = None,
            tuned: dict | None = None) -> str:
     """``reports/extensions_engine.md``: a part per distilled plan (data set and teacher), from records only."""
+    from reimpl.baselines.converged import records_by_id
     from reimpl.results.store import Store
 
     trial = {r["run_id"]: r for r in Store(store_root).records(PLAN_NAME)}
     base = dz.records(store_root)
-    parts = [{"dataset": d, "plan": dz.PLANS[d], "sections": _sections(dz.PLANS[d], trial, base, tuned)}
+    conv = records_by_id(store_root)
+    parts = [{"dataset": d, "plan": dz.PLANS[d], "sections": _sections(dz.PLANS[d], trial, base, tuned, conv)}
              for d in datasets]
     text = template_env(Path(__file__).parent / "templates").get_template("engine_trial.md.j2").render(
         parts=parts, n_trial=len(trial))
@@ -241,7 +243,7 @@ def report(datasets: tuple = LOO_PLANS, store_root: str | None = None, out: Path
     return text
 
 
-def _sections(plan, trial: dict, base: dict, tuned: dict | None) -> list[dict]:
+def _sections(plan, trial: dict, base: dict, tuned: dict | None, converged: dict | None = None) -> list[dict]:
 
     runs = plan.runs(tuned)
     sections = []
@@ -271,8 +273,37 @@ def _sections(plan, trial: dict, base: dict, tuned: dict | None) -> list[dict]:
             for r, p in zip(ts, holm([r["delta"][against]["p"] for r in ts])):
                 r["delta"][against]["p_holm"] = p
                 r["delta"][against]["verdict"] = verdict(r["delta"][against], p, against)
-        sections.append({"model": m, "rows": rows})
+        ref = softmax_reference(runs[0].dataset if runs else "", m, per_arm, converged)
+        sections.append({"model": m, "rows": rows, "softmax": ref})
     return sections
+
+
+def softmax_reference(dataset: str, model: str, per_arm: dict, converged: dict | None) -> dict | None:
+    """The strongest undistilled student of the same split: the converged plan's full-softmax cell at its tuned
+    point (another objective than every arm here, so compared unpaired: Welch's t-test, Holm over the arms)."""
+    from scipy.stats import ttest_ind
+
+    from reimpl.baselines.converged import CONVERGED
+
+    if converged is None or dataset not in dict.fromkeys(d for d, _, _ in CONVERGED.cells()):
+        return None
+    cell = (dataset, model, "softmax")
+    point = CONVERGED.chosen(converged).get(cell)
+    if point is None:
+        return None
+    recs = [converged[r.run_id] for r in (CONVERGED.run(cell, s, point) for s in CONVERGED.seeds)
+            if r.run_id in converged]
+    if len(recs) < 2:
+        return None
+    ref = [_metric(x) for x in recs]
+    out = {"tag": tag(point), "n": len(ref), "ndcg10": ci95(ref), "arms": {}}
+    names = [a for a, seeds in per_arm.items() if len(seeds) >= 2]
+    ps = [float(ttest_ind([_metric(x) for x in per_arm[a].values()], ref, equal_var=False).pvalue) for a in names]
+    for a, p, p_adj in zip(names, ps, holm(ps)):
+        diff = float(np.mean([_metric(x) for x in per_arm[a].values()]) - np.mean(ref))
+        word = ("above" if diff > 0 else "below") if p_adj < 0.05 else "cannot be told apart from"
+        out["arms"][a] = {"diff": diff, "p": p, "p_holm": p_adj, "verdict": word}
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
