@@ -155,12 +155,14 @@ def load_protocol(proto: LOOConfig):
 def run_one(run: ConvergedRun, store_root: str | None = None, runs_root: str | None = None,
             threads: int = 1) -> str:
     """Train ``run`` (resuming its checkpoint) unless its record exists; returns the record path."""
-    from reimpl.results.runs import train_record
+    from reimpl.results.runs import add_selected_rows, train_record
 
     data, digest, facts = load_protocol(run.protocol())
     cfg = run.config()
+    ecfg = run.engine_config()
     return train_record(PLAN_NAME, run.run_id, cfg, digest, {"protocol": cfg["protocol"], "facts": facts},
-                        run.engine_config(), data, store_root=store_root, runs_root=runs_root, threads=threads)
+                        ecfg, data, store_root=store_root, runs_root=runs_root, threads=threads,
+                        finish=add_selected_rows(ecfg, data))
 
 
 def _job(args: tuple) -> str:

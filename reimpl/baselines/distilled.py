@@ -175,14 +175,16 @@ def load(teacher: str | None, dataset: str = "lastfm", protocol=None):
 def run_one(run: DistilledRun, store_root: str | None = None, threads: int = 1,
             runs_root: str | Path | None = None) -> str:
     """Train ``run`` (resuming its checkpoint in ``runs/distilled/``) unless its record exists."""
-    from reimpl.results.runs import train_record
+    from reimpl.results.runs import add_selected_rows, train_record
 
     data, digest, facts = load(run.teacher if run.arm == "kd" else None, run.dataset,
                                run.protocol() if run.dataset != "lastfm" else None)
     cfg = run.config()
     meta = {"split": cfg["split"]} if "split" in cfg else {"protocol": cfg["protocol"]}
-    return train_record(PLAN_NAME, run.run_id, cfg, digest, {**meta, "facts": facts}, run.engine_config(), data,
-                        store_root=store_root, runs_root=runs_root, threads=threads)
+    ecfg = run.engine_config()
+    return train_record(PLAN_NAME, run.run_id, cfg, digest, {**meta, "facts": facts}, ecfg, data,
+                        store_root=store_root, runs_root=runs_root, threads=threads,
+                        finish=add_selected_rows(ecfg, data))
 
 
 def _job(args: tuple) -> str:

@@ -146,7 +146,7 @@ def vector_store(dataset: str) -> tuple[str, str]:
 def run_one(run: TrialRun, store_root: str | None = None, threads: int = 1,
             runs_root: str | Path | None = None) -> str:
     from reimpl.extensions.hooks import ExtConfig, build_hooks, repr_width
-    from reimpl.results.runs import train_record
+    from reimpl.results.runs import add_selected_rows, train_record
 
     b = run.base
     data, digest, facts = dz.load(b.teacher if b.arm == "kd" else None, b.dataset,
@@ -167,12 +167,9 @@ def run_one(run: TrialRun, store_root: str | None = None, threads: int = 1,
     if ext.selection.policy == "gt_mean":    # the constant is derived from the teacher export: record it
         facts = {**facts, "gt_mean_value": ext.selection.value}
 
-    def finish(res, rec):
-        rec["selected"] = _selected_rows(res, ecfg, data)
-
     return train_record(PLAN_NAME, run.run_id, run.config(), digest, {"facts": facts}, ecfg, data,
                         store_root=store_root, runs_root=runs_root or RUNS / PLAN_NAME, threads=threads,
-                        hooks=hooks, finish=finish)
+                        hooks=hooks, finish=add_selected_rows(ecfg, data))
 
 
 def _ensemble_uncertainty(b, n: int, digest: str, facts: dict):
@@ -189,19 +186,6 @@ def _ensemble_uncertainty(b, n: int, digest: str, facts: dict):
     sha = hashlib.sha256(path.read_bytes()).hexdigest()
     facts = {**facts, "uncertainty": {"file": str(path), "sha256": sha}}
     return ensemble.read(path, n), hashlib.sha256(f"{digest}:{sha}".encode()).hexdigest(), facts
-
-
-def _selected_rows(res: dict, ecfg, data) -> dict | None:
-    """The selected student's TEST ranks / ECE (None after a resume: its weights are not kept across one)."""
-    from reimpl.dllm2rec.student import build_student
-    from reimpl.extensions.metrics import evaluate_student
-
-    if res.get("best_state") is None:
-        return None
-    m = build_student(ecfg.student, data.item_num, data.seq_size)
-    m.load_state_dict(res.pop("best_state"))
-    ev = evaluate_student(m, data.test, data.llm_table, return_rows=True)
-    return {"ece": ev["ece"], "ranks": ev["ranks"]}
 
 
 def _job(args: tuple) -> str:

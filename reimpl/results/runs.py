@@ -48,6 +48,27 @@ def train_record(plan: str, run_id: str, config: dict, digest: str, data_meta: d
     return str(p)
 
 
+def selected_rows(res: dict, engine_cfg, data) -> dict | None:
+    """The selected student's per-row TEST target ranks and ECE (``record["selected"]``: paired per-row tests,
+    popularity buckets, calibration), or None after a resume (the best weights are not kept across one)."""
+    from reimpl.dllm2rec.student import build_student
+    from reimpl.extensions.metrics import evaluate_student
+
+    if res.get("best_state") is None:
+        return None
+    m = build_student(engine_cfg.student, data.item_num, data.seq_size)
+    m.load_state_dict(res.pop("best_state"))
+    ev = evaluate_student(m, data.test, data.llm_table, return_rows=True)
+    return {"ece": ev["ece"], "ranks": ev["ranks"]}
+
+
+def add_selected_rows(engine_cfg, data) -> Callable[[dict, dict], None]:
+    """``finish`` for :func:`train_record` that stores :func:`selected_rows` in the record."""
+    def finish(res: dict, rec: dict) -> None:
+        rec["selected"] = selected_rows(res, engine_cfg, data)
+    return finish
+
+
 def git_commit(path: str) -> None:
     """Commit one results file (nothing else), retrying while another commit holds the index lock."""
     rel = os.path.relpath(path, ROOT)
