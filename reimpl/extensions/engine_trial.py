@@ -33,6 +33,7 @@ import json
 import sys
 import time
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -258,8 +259,51 @@ def _sections(plan, trial: dict, base: dict, tuned: dict | None, converged: dict
                 r["delta"][against]["p_holm"] = p
                 r["delta"][against]["verdict"] = verdict(r["delta"][against], p, against)
         ref = softmax_reference(runs[0].dataset if runs else "", m, per_arm, converged)
-        sections.append({"model": m, "rows": rows, "softmax": ref})
+        sections.append({"model": m, "rows": rows, "softmax": ref,
+                         "buckets": bucket_rows(per_arm, split_targets(runs[0]) if runs else None)})
     return sections
+
+
+@lru_cache(maxsize=None)
+def _targets(proto) -> tuple | None:
+    from reimpl.baselines.converged import load_protocol
+
+    try:
+        data = load_protocol(proto)[0]
+    except (FileNotFoundError, OSError, ValueError):   # no ../shared here: the section says so
+        return None
+    return (np.asarray(data.train_next, dtype=np.int64), np.asarray(data.test.targets, dtype=np.int64),
+            int(data.item_num))
+
+
+def split_targets(run) -> tuple | None:
+    """(train targets, test targets, item_num) of a LOO run's split, or None where the data is absent."""
+    return None if run.dataset == "lastfm" else _targets(run.protocol())
+
+
+def bucket_rows(per_arm: dict, targets: tuple | None) -> dict | None:
+    """Per arm with per-row TEST ranks in every seed: NDCG@10 per popularity bucket and ECE, mean ± CI."""
+    from reimpl.extensions.buckets import BUCKETS, bucket_metrics, popularity_buckets
+
+    if targets is None:
+        return None
+    train_t, test_t, item_num = targets
+    b = popularity_buckets(train_t, item_num)
+    rows = []
+    for arm, seeds in per_arm.items():
+        sel = [x["selected"] for x in seeds.values() if x.get("selected")]
+        if not seeds:
+            continue
+        if len(sel) < len(seeds):
+            rows.append({"arm": arm, "n": len(sel), "missing": len(seeds) - len(sel)})
+            continue
+        per = [bucket_metrics(np.asarray(x["ranks"]), test_t, b) for x in sel]
+        rows.append({"arm": arm, "n": len(sel), "missing": 0,
+                     **{k: ci95([p[k]["ndcg"] for p in per]) for k in BUCKETS},
+                     "ece": ci95([x["ece"] for x in sel])})
+    n_rows = {k: int((b[test_t] == i).sum()) for i, k in enumerate(BUCKETS)}
+    n_items = {k: int((b == i).sum()) for i, k in enumerate(BUCKETS)}
+    return {"rows": rows, "n_rows": n_rows, "n_items": n_items}
 
 
 def softmax_reference(dataset: str, model: str, per_arm: dict, converged: dict | None) -> dict | None:

@@ -49,8 +49,9 @@ def train_record(plan: str, run_id: str, config: dict, digest: str, data_meta: d
 
 
 def selected_rows(res: dict, engine_cfg, data) -> dict | None:
-    """The selected student's per-row TEST target ranks and ECE (``record["selected"]``: paired per-row tests,
-    popularity buckets, calibration), or None after a resume (the best weights are not kept across one)."""
+    """The selected student's per-row TEST target ranks, top-1 confidence and correctness, and ECE
+    (``record["selected"]``: paired per-row tests, popularity buckets, reliability diagrams), or None after a
+    resume (the best weights are not kept across one)."""
     from reimpl.dllm2rec.student import build_student
     from reimpl.extensions.metrics import evaluate_student
 
@@ -59,7 +60,8 @@ def selected_rows(res: dict, engine_cfg, data) -> dict | None:
     m = build_student(engine_cfg.student, data.item_num, data.seq_size)
     m.load_state_dict(res.pop("best_state"))
     ev = evaluate_student(m, data.test, data.llm_table, return_rows=True)
-    return {"ece": ev["ece"], "ranks": ev["ranks"]}
+    return {"ece": ev["ece"], "ranks": ev["ranks"], "conf": [round(c, 6) for c in ev["conf"]],
+            "correct": ev["correct"]}
 
 
 def add_selected_rows(engine_cfg, data) -> Callable[[dict, dict], None]:

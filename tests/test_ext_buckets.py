@@ -1,0 +1,40 @@
+"""Popularity buckets and per-bucket metrics (reimpl/extensions/buckets.py)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from reimpl.extensions.buckets import bucket_metrics, popularity_buckets
+from reimpl.metrics import rank_metrics
+
+
+def test_fixed_case():
+    # item 3 most popular, then 1, then 0/2/4 (ties by id)
+    b = popularity_buckets(np.array([3, 3, 3, 1, 1, 0, 2, 4, 3]), 10, shares=(0.1, 0.2))
+    assert b.tolist() == [1, 1, 2, 0, 2, 2, 2, 2, 2, 2]
+    m = bucket_metrics(np.array([1, 11, 3]), np.array([3, 0, 9]), b)
+    assert m["head"] == {"ndcg": 1.0, "hr": 1.0, "n": 1}
+    assert m["torso"]["hr"] == 0.0 and m["tail"]["ndcg"] == pytest.approx(0.5)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(5, 60), st.integers(1, 80), st.data())
+def test_buckets_partition_and_pooled_metrics(item_num, n, data):
+    rng = np.random.default_rng(data.draw(st.integers(0, 10**6)))
+    b = popularity_buckets(rng.integers(0, item_num, 3 * n), item_num)
+    assert set(np.unique(b)) <= {0, 1, 2} and (b == 0).sum() == round(0.2 * item_num)
+    targets, ranks = rng.integers(0, item_num, n), rng.integers(1, item_num + 1, n)
+    m = bucket_metrics(ranks, targets, b)
+    assert sum(v["n"] for v in m.values()) == n
+    pooled = sum(v["ndcg"] * v["n"] for v in m.values() if v["n"]) / n   # the buckets re-weigh to the whole
+    assert pooled == pytest.approx(rank_metrics(ranks, (10,))["ndcg"][0])
+
+
+def test_bad_input():
+    with pytest.raises(ValueError, match=r"\[0, 5\)"):
+        popularity_buckets(np.array([0, 5]), 5)
+    with pytest.raises(ValueError, match="must both be"):
+        bucket_metrics(np.array([1, 2]), np.array([0]), np.zeros(3, dtype=int))
