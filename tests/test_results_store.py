@@ -102,3 +102,30 @@ def test_dispatch_local_pool_and_errors():
     assert seen == [2.0]
     with pytest.raises(ValueError, match="backend"):
         run_jobs(math.sqrt, [1.0], backend="cron")
+
+
+def test_reproduce_adds_per_row_ranks_only_to_an_identical_history(toy_protocol, monkeypatch):
+    """A record without per-row ranks (made before they existed) is trained again and gains them when the new
+    history is the stored one; a record whose history the code no longer reproduces is refused, untouched."""
+    tmp = toy_protocol
+    store = str(tmp / "results")
+    monkeypatch.setattr(converged.ConvergedRun, "engine_config",
+                        lambda self, _orig=converged.ConvergedRun.engine_config: _set_batch(_orig(self)))
+    run = converged.ConvergedRun("ml100k-loo", "GRU", "bce", seed=1, epochs=2)
+    p = tmp / converged.run_one(run, store, str(tmp / "runs"))
+    rec = json.loads(p.read_text())
+    assert rec["selected"]["ranks"] and len(rec["selected"]["conf"]) == len(rec["selected"]["ranks"])
+    old = {k: v for k, v in rec.items() if k != "selected"}
+    p.write_text(json.dumps(old))                       # as an older record
+    converged.run_one(run, store, str(tmp / "runs"))      # no reproduce: reused as it is
+    assert "selected" not in json.loads(p.read_text())
+    converged.run_one(run, store, str(tmp / "runs"), reproduce=True)
+    new = json.loads(p.read_text())
+    assert new["selected"]["ranks"] == rec["selected"]["ranks"] and new["reproduced"]["identical_history"]
+    assert {k: v for k, v in new.items() if k not in ("selected", "reproduced")} == old
+    bad = json.loads(json.dumps(old))
+    bad["history"][0]["loss"] += 1e-9
+    p.write_text(json.dumps(bad))
+    with pytest.raises(RecordMismatch, match="another history from epoch 1"):
+        converged.run_one(run, store, str(tmp / "runs"), reproduce=True)
+    assert json.loads(p.read_text()) == bad

@@ -153,7 +153,7 @@ def load_protocol(proto: LOOConfig):
 
 
 def run_one(run: ConvergedRun, store_root: str | None = None, runs_root: str | None = None,
-            threads: int = 1) -> str:
+            threads: int = 1, reproduce: bool = False) -> str:
     """Train ``run`` (resuming its checkpoint) unless its record exists; returns the record path."""
     from reimpl.results.runs import add_selected_rows, train_record
 
@@ -162,7 +162,7 @@ def run_one(run: ConvergedRun, store_root: str | None = None, runs_root: str | N
     ecfg = run.engine_config()
     return train_record(PLAN_NAME, run.run_id, cfg, digest, {"protocol": cfg["protocol"], "facts": facts},
                         ecfg, data, store_root=store_root, runs_root=runs_root, threads=threads,
-                        finish=add_selected_rows(ecfg, data))
+                        finish=add_selected_rows(ecfg, data), reproduce=reproduce)
 
 
 def _job(args: tuple) -> str:

@@ -173,7 +173,7 @@ def load(teacher: str | None, dataset: str = "lastfm", protocol=None):
 
 
 def run_one(run: DistilledRun, store_root: str | None = None, threads: int = 1,
-            runs_root: str | Path | None = None) -> str:
+            runs_root: str | Path | None = None, reproduce: bool = False) -> str:
     """Train ``run`` (resuming its checkpoint in ``runs/distilled/``) unless its record exists."""
     from reimpl.results.runs import add_selected_rows, train_record
 
@@ -184,11 +184,22 @@ def run_one(run: DistilledRun, store_root: str | None = None, threads: int = 1,
     ecfg = run.engine_config()
     return train_record(PLAN_NAME, run.run_id, cfg, digest, {**meta, "facts": facts}, ecfg, data,
                         store_root=store_root, runs_root=runs_root, threads=threads,
-                        finish=add_selected_rows(ecfg, data))
+                        finish=add_selected_rows(ecfg, data), reproduce=reproduce)
 
 
 def _job(args: tuple) -> str:
     return run_one(*args)
+
+
+def _reproduce_job(args: tuple) -> str:
+    """Train a stored run again to add its per-row ranks (a leave-one-out ``plain`` run: its converged twin)."""
+    run = args[0]
+    if run.arm == "plain" and run.dataset != "lastfm":
+        from reimpl.baselines import converged as cv
+
+        return cv.run_one(cv.CONVERGED.run((run.dataset, run.model, "bce"), run.seed, run.overrides),
+                          reproduce=True)
+    return run_one(run, reproduce=True)
 
 
 def records(store_root: str | None = None) -> dict[str, dict]:
@@ -288,6 +299,8 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--seed", action="append", type=int)
     r.add_argument("--max-runs", type=int, default=None)
     r.add_argument("--commit", action="store_true", help="git-commit each finished record (results/ only)")
+    r.add_argument("--reproduce", action="store_true",
+                   help="train stored runs that lack per-row ranks again; add them when the history is identical")
     sub.add_parser("report")
     a = ap.parse_args(argv)
     if a.cmd == "report":
@@ -299,6 +312,10 @@ def main(argv: list[str] | None = None) -> int:
     from reimpl.results.runs import dispatch
 
     have = records()
+    if a.reproduce:
+        todo = [x for x in plan.runs() if x.run_id in have and not have[x.run_id].get("selected")][: a.max_runs]
+        dispatch(_reproduce_job, [(x,) for x in todo], backend=a.backend, jobs=a.jobs, commit=a.commit)
+        return 0
     todo = [x for x in plan.runs() if x.run_id not in have][: a.max_runs]
     dispatch(_job, [(x, None, a.threads) for x in todo], backend=a.backend, jobs=a.jobs, commit=a.commit)
     return 0

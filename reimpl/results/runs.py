@@ -10,6 +10,7 @@ flight.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -22,17 +23,22 @@ from reimpl.paths import ROOT, RUNS
 
 def train_record(plan: str, run_id: str, config: dict, digest: str, data_meta: dict, engine_cfg, data, *,
                  store_root: str | None = None, runs_root: str | Path | None = None, threads: int = 1,
-                 hooks=None, finish: Callable[[dict, dict], None] | None = None) -> str:
+                 hooks=None, finish: Callable[[dict, dict], None] | None = None, reproduce: bool = False) -> str:
     """The record path of ``run_id`` (trained now unless stored). ``finish(result, record)`` may add fields
-    (``result`` holds ``best_state`` when ``finish`` is given)."""
+    (``result`` holds ``best_state`` when ``finish`` is given).
+
+    ``reproduce``: a stored record without per-row ranks (``selected``) is trained again; when every epoch's loss
+    and metrics equal the stored ones exactly, the stored record gains ``selected`` and a ``reproduced`` note
+    (code version, time); any difference raises :class:`RecordMismatch` naming it and writes nothing."""
     import torch
 
     from reimpl.engine.train import train
-    from reimpl.results.store import Store, make_record
+    from reimpl.results.store import RecordMismatch, Store, make_record
 
     torch.set_num_threads(threads)
     store = Store(store_root)
-    if store.get(plan, run_id, config, digest) is not None:
+    old = store.get(plan, run_id, config, digest)
+    if old is not None and not (reproduce and not old.get("selected")):
         return str(store.path(plan, run_id))
     rdir = Path(runs_root or RUNS / plan) / run_id
     rdir.mkdir(parents=True, exist_ok=True)
@@ -43,6 +49,25 @@ def train_record(plan: str, run_id: str, config: dict, digest: str, data_meta: d
                       threads=threads, wall_s=time.perf_counter() - t0)
     if finish is not None:
         finish(res, rec)
+    if old is not None:   # reproduce: the new run must be the stored one, epoch by epoch
+        keys = ("epoch", "loss", "val", "test")
+        a = [{k: h.get(k) for k in keys} for h in old["history"]]
+        b = [{k: h.get(k) for k in keys} for h in json.loads(json.dumps(rec["history"]))]
+        if a != b:
+            i = next(i for i, (x, y) in enumerate(zip(a + [None], b + [None])) if x != y)
+            raise RecordMismatch(f"{store.path(plan, run_id)}: reproducing the run gave another history from epoch "
+                                 f"{i + 1} (stored {a[i] if i < len(a) else None}, now {b[i] if i < len(b) else None})")
+        from reimpl.results.store import code_version
+
+        rec = {**old, "selected": rec.get("selected"),
+               "reproduced": {"at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "code": code_version(),
+                              "wall_s": round(time.perf_counter() - t0, 1), "identical_history": True}}
+        p = store.path(plan, run_id)
+        tmp = p.with_name(p.name + ".tmp")
+        tmp.write_text(json.dumps(rec, separators=(",", ":"), sort_keys=True) + "\n")
+        os.replace(tmp, p)
+        (rdir / "ckpt.pt").unlink(missing_ok=True)
+        return str(p)
     p = store.put(rec)
     (rdir / "ckpt.pt").unlink(missing_ok=True)  # the record is the result; the cache is no longer needed
     return str(p)
