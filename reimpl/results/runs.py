@@ -62,12 +62,6 @@ def train_record(plan: str, run_id: str, config: dict, digest: str, data_meta: d
         rec = {**old, "selected": rec.get("selected"),
                "reproduced": {"at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "code": code_version(),
                               "wall_s": round(time.perf_counter() - t0, 1), "identical_history": True}}
-        p = store.path(plan, run_id)
-        tmp = p.with_name(p.name + ".tmp")
-        tmp.write_text(json.dumps(rec, separators=(",", ":"), sort_keys=True) + "\n")
-        os.replace(tmp, p)
-        (rdir / "ckpt.pt").unlink(missing_ok=True)
-        return str(p)
     p = store.put(rec)
     (rdir / "ckpt.pt").unlink(missing_ok=True)  # the record is the result; the cache is no longer needed
     return str(p)

@@ -62,15 +62,21 @@ class E4SRecConfig:
         self.targets = tuple(self.targets)
 
 
+def keep_first_layers(body, n: int) -> None:
+    """Cut a Llama body (``LlamaModel``, or the causal LM around it) to its first ``n`` decoder layers, in place."""
+    body = getattr(body, "model", body)
+    require(0 < n <= len(body.layers), "--llm_layers", f"1..{len(body.layers)}", n)
+    body.layers = body.layers[:n]
+    body.config.num_hidden_layers = n
+
+
 class E4SRec(nn.Module):
     def __init__(self, cfg: E4SRecConfig, llm, tokenizer, sasrec, prefix: str = PREFIX, suffix: str = SUFFIX):
         super().__init__()
         self.cfg = cfg
         body = getattr(llm, "model", llm)                   # LlamaModel: no LM head is ever run
         if cfg.llm_layers is not None:
-            require(0 < cfg.llm_layers <= len(body.layers), "--llm_layers", f"1..{len(body.layers)}", cfg.llm_layers)
-            body.layers = body.layers[:cfg.llm_layers]
-            body.config.num_hidden_layers = cfg.llm_layers
+            keep_first_layers(body, cfg.llm_layers)
         n = len(body.layers)
         first = 0 if cfg.lora_layers is None else max(0, n - cfg.lora_layers)
         mlp = ("gate_proj", "up_proj", "down_proj")

@@ -119,10 +119,9 @@ def build(cfg: ILoRAConfig, rec_model, llm: str = "smollm2"):
 
         model, tok = load_smollm2()
     if cfg.llm_layers is not None:
-        body = model.model
-        require(cfg.llm_layers <= len(body.layers), "--llm_layers", f"1..{len(body.layers)}", cfg.llm_layers)
-        body.layers = body.layers[:cfg.llm_layers]
-        model.config.num_hidden_layers = cfg.llm_layers
+        from reimpl.teachers.e4srec import keep_first_layers
+
+        keep_first_layers(model, cfg.llm_layers)
     teacher = build_teacher(model, tok, rec_model, TeacherConfig(mode="fixed"))
     teacher.answer_logits_only = True   # the LM head at the answer positions only (same loss, ~25 % less time)
     return teacher
