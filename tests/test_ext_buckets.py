@@ -38,3 +38,31 @@ def test_bad_input():
         popularity_buckets(np.array([0, 5]), 5)
     with pytest.raises(ValueError, match="must both be"):
         bucket_metrics(np.array([1, 2]), np.array([0]), np.zeros(3, dtype=int))
+
+
+def test_pooled_reliability_pools_seeds_and_skips_incomplete_arms():
+    from reimpl.extensions.buckets import pooled_reliability
+    from reimpl.metrics import reliability_bins
+
+    a = {"conf": [0.01, 0.5, 0.9], "correct": [0, 1, 1], "ranks": [3, 1, 1], "ece": 0.1}
+    b = {"conf": [0.02, 0.7], "correct": [1, 0], "ranks": [1, 2], "ece": 0.2}
+    per_arm = {"full": {1: {"selected": a}, 2: {"selected": b}},
+               "old": {1: {"selected": {"ranks": [1], "ece": 0.0}}},   # ranks only: left out
+               "resumed": {1: {"selected": a}, 2: {"selected": None}}}
+    out = pooled_reliability(per_arm, n_bins=5)
+    assert list(out) == ["full"] and out["full"]["seeds"] == 2 and out["full"]["rows"] == 5
+    ref = reliability_bins(a["conf"] + b["conf"], a["correct"] + b["correct"], 5)
+    np.testing.assert_array_equal(out["full"]["count"], ref["count"])
+    np.testing.assert_allclose(out["full"]["acc"], ref["acc"], equal_nan=True)
+
+
+def test_reliability_figure_from_records(tmp_path):
+    from reimpl.extensions.buckets import pooled_reliability
+    from reimpl.extensions.engine_trial import plot_reliability
+
+    sel = {"conf": [0.001, 0.01, 0.3], "correct": [0, 0, 1], "ranks": [5, 2, 1], "ece": 0.1}
+    sections = [{"model": "SASRec", "reliability": pooled_reliability({"plain": {1: {"selected": sel}}})},
+                {"model": "GRU", "reliability": {}}]
+    name = plot_reliability("toy", sections, tmp_path)
+    assert name == "ext_engine_reliability_toy.png" and (tmp_path / name).stat().st_size > 0
+    assert plot_reliability("toy", sections[1:], tmp_path / "none") is None

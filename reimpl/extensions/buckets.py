@@ -44,3 +44,19 @@ def bucket_metrics(ranks: np.ndarray, targets: np.ndarray, bucket_of: np.ndarray
         out[name] = {"ndcg": float(gain[m].mean()) if n else float("nan"),
                      "hr": float(hit[m].mean()) if n else float("nan"), "n": n}
     return out
+
+
+def pooled_reliability(per_arm: dict, n_bins: int = 15) -> dict:
+    """``{arm: reliability_bins(...)}`` over the TEST rows of every seed pooled, for the arms whose records all keep
+    per-row confidences (``record["selected"]``); arms missing them in any seed are left out, not half-pooled."""
+    from reimpl.metrics import reliability_bins
+
+    out = {}
+    for arm, seeds in per_arm.items():
+        sel = [x.get("selected") for x in seeds.values()]
+        if not sel or not all(x and "conf" in x for x in sel):   # records before conf/correct keep ranks only
+            continue
+        conf = np.concatenate([np.asarray(s["conf"], dtype=np.float64) for s in sel])
+        ok = np.concatenate([np.asarray(s["correct"], dtype=np.float64) for s in sel])
+        out[arm] = {**reliability_bins(conf, ok, n_bins), "seeds": len(sel), "rows": int(conf.size)}
+    return out

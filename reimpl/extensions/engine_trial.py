@@ -222,6 +222,9 @@ def report(datasets: tuple = LOO_PLANS, store_root: str | None = None, out: Path
     conv = records_by_id(store_root)
     parts = [{"dataset": d, "plan": dz.PLANS[d], "sections": _sections(dz.PLANS[d], trial, base, tuned, conv)}
              for d in datasets]
+    figdir = (out.parent if out else REPORTS) / "figures"
+    for part in parts:
+        part["reliability_fig"] = plot_reliability(part["dataset"], part["sections"], figdir)
     text = template_env(Path(__file__).parent / "templates").get_template("engine_trial.md.j2").render(
         parts=parts, n_trial=len(trial))
     (out or REPORTS / "extensions_engine.md").write_text(text)
@@ -229,6 +232,7 @@ def report(datasets: tuple = LOO_PLANS, store_root: str | None = None, out: Path
 
 
 def _sections(plan, trial: dict, base: dict, tuned: dict | None, converged: dict | None = None) -> list[dict]:
+    from reimpl.extensions.buckets import pooled_reliability
 
     runs = plan.runs(tuned)
     sections = []
@@ -260,8 +264,43 @@ def _sections(plan, trial: dict, base: dict, tuned: dict | None, converged: dict
                 r["delta"][against]["verdict"] = verdict(r["delta"][against], p, against)
         ref = softmax_reference(runs[0].dataset if runs else "", m, per_arm, converged)
         sections.append({"model": m, "rows": rows, "softmax": ref,
-                         "buckets": bucket_rows(per_arm, split_targets(runs[0]) if runs else None)})
+                         "buckets": bucket_rows(per_arm, split_targets(runs[0]) if runs else None),
+                         "reliability": pooled_reliability(per_arm)})
     return sections
+
+
+def plot_reliability(dataset: str, sections: list[dict], figdir: Path) -> str | None:
+    """``ext_engine_reliability_<dataset>.png``: a reliability diagram per student (TEST rows of all seeds pooled,
+    15 bins, log confidence axis: a student's top-1 confidence over thousands of items is mostly < 0.1); the file
+    name, or None where no arm keeps per-row confidences."""
+    panels = [s for s in sections if s["reliability"]]
+    if not panels:
+        return None
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figdir.mkdir(parents=True, exist_ok=True)
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 4.0), squeeze=False)
+    for ax, s in zip(axes[0], panels):
+        lo = 1.0
+        for arm, b in s["reliability"].items():
+            keep = b["count"] > 0
+            lo = min(lo, float(b["conf"][keep].min()))
+            ax.plot(b["conf"][keep], b["acc"][keep], "o-", ms=3, lw=1.4 if arm in ("plain", "dllm2rec") else 1.0,
+                    label=f"{arm} ({b['seeds']} seeds)")
+        ax.plot([lo, 1], [lo, 1], "k:", lw=0.8)
+        ax.set_xscale("log")
+        ax.set_yscale("symlog", linthresh=1e-3)
+        ax.set_xlabel("top-1 confidence (bin mean)")
+        ax.set_ylabel("top-1 accuracy (HR@1 in the bin)")
+        ax.set_title(f"{dataset} {s['model']}: reliability, TEST, seeds pooled", fontsize=9)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = figdir / f"ext_engine_reliability_{dataset}.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path.name
 
 
 @lru_cache(maxsize=None)
