@@ -357,9 +357,20 @@ def build_from_args(a):
     """(The teacher of) ``--llm``, ``--rec_model_path`` and the LoRA options of namespace / options ``a``."""
     from reimpl.ilora.sasrec import load_checkpoint as load_sasrec
     from reimpl.ilora.teacher import TeacherConfig, build_teacher
-    from reimpl.llm.load import load_llm
 
-    llm, tok = load_llm(a.llm)
+    if a.llm == "tiny":
+        from transformers import LlamaForCausalLM
+
+        from reimpl.llm.tiny import load_tiny_tokenizer, tiny_llm_dir
+        d = tiny_llm_dir(seed=0)
+        llm, tok = LlamaForCausalLM.from_pretrained(str(d)), load_tiny_tokenizer(d)
+    elif a.llm == "smollm2":
+        from reimpl.llm.real import load_smollm2
+        llm, tok = load_smollm2()
+    else:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+        llm = AutoModelForCausalLM.from_pretrained(a.llm, local_files_only=True)
+        tok = AutoTokenizer.from_pretrained(a.llm, local_files_only=True)
     tcfg = from_namespace(TeacherConfig, a)   # the TeacherConfig fields ``a`` has (CLI: all its options)
     return build_teacher(llm, tok, load_sasrec(a.rec_model_path, mode=a.mode), tcfg)
 

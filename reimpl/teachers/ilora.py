@@ -105,10 +105,19 @@ def training_rows(rows: common.Rows) -> common.Rows:
 def build(cfg: ILoRAConfig, rec_model, llm: str = "smollm2"):
     """The fixed-mode iLoRA teacher on ``llm`` ('smollm2' or 'tiny') with ``rec_model`` (frozen SASRec)."""
     from reimpl.ilora.teacher import TeacherConfig, build_teacher
-    from reimpl.llm.load import load_llm
 
-    require(llm in ("smollm2", "tiny"), "--llm", "smollm2 or tiny for ilora", llm)
-    model, tok = load_llm(llm)
+    if llm == "tiny":
+        from transformers import LlamaForCausalLM
+
+        from reimpl.llm.tiny import load_tiny_tokenizer, tiny_llm_dir
+
+        d = tiny_llm_dir(seed=0)
+        model, tok = LlamaForCausalLM.from_pretrained(str(d)), load_tiny_tokenizer(d)
+    else:
+        require(llm == "smollm2", "--llm", "smollm2 or tiny for ilora", llm)
+        from reimpl.llm.real import load_smollm2
+
+        model, tok = load_smollm2()
     if cfg.llm_layers is not None:
         from reimpl.teachers.e4srec import keep_first_layers
 
