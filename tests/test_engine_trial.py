@@ -26,6 +26,20 @@ def test_trial_runs_share_the_distilled_runs_config():
     assert r.run_id == "ml100k-loo__SASRec__lr=0.003__sel-gt-error__ml100k-loo-e4srec-smollm2-32k__s1"
 
 
+
+def test_decomposition_arms_switch_dllm2rec_parts_off_one_by_one():
+    plan = dz.PLANS["ml100k-loo"]
+    runs = {r.arm: r for r in et.trial_runs(plan, tuned={"SASRec": (("lr", 0.003),), "GRU": None, "Caser": None})
+            if r.base.seed == 1}
+    weights = {a: {k: runs[a].config()["engine"]["student"][k] for k in ("lam", "ed_weight", "alpha")}
+               for a in ("dro-only", "emb-only")}
+    assert weights == {"dro-only": {"lam": 0.0, "ed_weight": 0.0, "alpha": 1.0},
+                       "emb-only": {"lam": 0.0, "ed_weight": 0.2, "alpha": 0.0}}
+    assert runs["dro-only"].base.arm == "plain" and runs["emb-only"].base.arm == "kd"   # only emb-only reads a teacher
+    other = dict(runs["emb-only"].config()["engine"]["student"], lam=0.8, alpha=1.0)
+    assert other == runs["emb-only"].base.config()["engine"]["student"]   # nothing else changes
+
+
 @pytest.mark.skipif(not (DATA / "ilora" / "lastfm").is_dir(), reason="needs ../shared/data/ilora/lastfm")
 def test_an_arm_trains_and_the_report_reads_it(tmp_path):
     base = dz.DistilledRun("Caser", "kd", 1, epochs=1)

@@ -60,10 +60,15 @@ ARMS = {
                    "teacher-embedding injection only"),
     "uamd-exp": ("kd", {"uamd": {"enabled": True, "fn": "exp"}},
                  "`dllm2rec`, distillation weights of a row times exp(-u / median u), mean-normalised"),
+    "dro-only": ("plain", {}, "`plain` + DLLM2Rec's DRO term on the target (alpha 1): no teacher at all"),
+    "emb-only": ("kd", {}, "`plain` + DLLM2Rec's teacher-embedding injection (ed_weight 0.2): no ranking, no DRO"),
     "rdr": ("kd", {"rdr": {"enabled": True, "lam": 0.5}},
             "`dllm2rec` + 0.5 (1 - cos(proj(h), v_rationale)) on the rows with a SmolLM2 rationale"),
     "rdr-only": ("plain", {"rdr": {"enabled": True, "lam": 0.5}}, "`plain` + the RDR term (no teacher ranking)"),
 }
+# the decomposition arms change the base run's DLLM2Rec weights (lam, ed_weight, alpha) instead of adding a hook
+STUDENT_OVERRIDES = {"dro-only": {"lam": 0.0, "ed_weight": 0.0, "alpha": 1.0},
+                     "emb-only": {"lam": 0.0, "ed_weight": 0.2, "alpha": 0.0}}
 RATIONALE_GEN = {"max_new_tokens": 32, "batch_size": 16}
 TEMPLATES = Path(__file__).parent / "templates"
 TRAINED = tuple(a for a, (_, ext, _) in ARMS.items() if ext is not None)
@@ -82,8 +87,17 @@ class TrialRun:
     def ext(self) -> dict:
         return dict(ARMS[self.arm][1], metrics_each_epoch=False)
 
+    def engine_config(self):
+        """The base run's engine config, with the arm's :data:`STUDENT_OVERRIDES` (if any)."""
+        ecfg = self.base.engine_config()
+        ov = STUDENT_OVERRIDES.get(self.arm)
+        return ecfg if ov is None else dataclasses.replace(ecfg, student=dataclasses.replace(ecfg.student, **ov))
+
     def config(self) -> dict:
-        return {**self.base.config(), "arm": self.arm, "ext": self.ext()}
+        cfg = {**self.base.config(), "arm": self.arm, "ext": self.ext()}
+        if self.arm in STUDENT_OVERRIDES:
+            cfg["engine"] = self.engine_config().as_dict()
+        return cfg
 
 
 def trial_runs(plan: dz.DistilledPlan, arms: tuple = TRAINED, tuned: dict | None = None) -> list[TrialRun]:
@@ -162,7 +176,7 @@ def run_one(run: TrialRun, store_root: str | None = None, threads: int = 1,
     unc = getattr(data, "uncertainty", None)
     if ext.uamd.enabled and unc is None:
         unc, digest, facts = _ensemble_uncertainty(b, len(data.train_next), digest, facts)
-    ecfg = b.engine_config()
+    ecfg = run.engine_config()
     hooks = build_hooks(ext, data, candidate_topk=ecfg.student.candidate_topk,
                         hidden=repr_width(ecfg.student, data.item_num, data.seq_size), uncertainty=unc)
     if ext.selection.policy == "gt_mean":    # the constant is derived from the teacher export: record it
