@@ -77,3 +77,15 @@ def test_rationale_rows_and_missing_store(tmp_path, monkeypatch):
     monkeypatch.setattr(et, "rationale_dir", lambda d: tmp_path / d)
     with pytest.raises(ValueError, match="RDR needs rationales"):
         et.vector_store("ml100k-loo")
+
+
+def test_a_teacher_free_arm_is_shared_by_the_plans_of_one_split():
+    tuned = {"SASRec": (("lr", 0.003),), "GRU": None, "Caser": None}
+    r8 = next(r for r in et.trial_runs(dz.PLANS["ml100k-loo@8k"], ("dro-only",), tuned) if r.base.seed == 1)
+    r32 = next(r for r in et.trial_runs(dz.PLANS["ml100k-loo"], ("dro-only",), tuned) if r.base.seed == 1)
+    assert r8.run_id != r32.run_id
+    rec = {"config": json.loads(json.dumps(r8.config()))}
+    assert et._trial_record({r8.run_id: rec}, r32) is rec
+    k8 = next(r for r in et.trial_runs(dz.PLANS["ml100k-loo@8k"], ("emb-only",), tuned) if r.base.seed == 1)
+    k32 = next(r for r in et.trial_runs(dz.PLANS["ml100k-loo"], ("emb-only",), tuned) if r.base.seed == 1)
+    assert et._trial_record({k8.run_id: {"config": json.loads(json.dumps(k8.config()))}}, k32) is None  # teacher

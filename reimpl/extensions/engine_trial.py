@@ -245,6 +245,20 @@ def report(datasets: tuple = LOO_PLANS, store_root: str | None = None, out: Path
     return text
 
 
+def _trial_record(trial: dict, run: TrialRun) -> dict | None:
+    """``run``'s record; an arm on ``plain`` reads no teacher, so the same run of a plan with another teacher on
+    the same split (identical config, another run id) is that record too: trained once, shown in both parts."""
+    rec = trial.get(run.run_id)
+    if rec is not None or ARMS[run.arm][0] != "plain":
+        return rec
+    cfg = json.loads(json.dumps(run.config()))
+    head, tail = run.run_id.split(f"__{run.arm}__")[0], f"__s{run.base.seed}"
+    for rid, r in trial.items():
+        if rid.startswith(f"{head}__{run.arm}__") and rid.endswith(tail) and r.get("config") == cfg:
+            return r
+    return None
+
+
 def _sections(plan, trial: dict, base: dict, tuned: dict | None, converged: dict | None = None) -> list[dict]:
     from reimpl.extensions.buckets import pooled_reliability
 
@@ -257,7 +271,7 @@ def _sections(plan, trial: dict, base: dict, tuned: dict | None, converged: dict
             for r in runs:
                 if r.model != m or r.arm != b_arm:
                     continue
-                rec = base.get(r.run_id) if ext is None else trial.get(TrialRun(r, arm).run_id)
+                rec = base.get(r.run_id) if ext is None else _trial_record(trial, TrialRun(r, arm))
                 if rec is not None:
                     seeds[r.seed] = rec
             per_arm[arm] = seeds
