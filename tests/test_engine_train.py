@@ -49,6 +49,30 @@ def test_killed_run_resumes_to_the_same_result(toy, tmp_path, model):
     assert resumed["best_epoch"] == full["best_epoch"]
 
 
+def test_a_resumed_run_keeps_the_selected_weights(toy, tmp_path):
+    """keep_best across a kill after the last epoch's checkpoint: the resumed run trains nothing more, and returns
+    the uninterrupted run's best weights from the checkpoint."""
+    import torch
+
+    cfg = _cfg("SASRec", d_llm=32, epoch=4)
+    full = train(cfg, toy, log=lambda m: None, keep_best=True)
+
+    class Killed(Exception):
+        pass
+
+    def kill(rec):
+        if rec["epoch"] == 4:
+            raise Killed
+
+    ck = tmp_path / "ck.pt"
+    with pytest.raises(Killed):
+        train(cfg, toy, checkpoint=ck, log=lambda m: None, on_epoch=kill, keep_best=True)
+    resumed = train(cfg, toy, checkpoint=ck, log=lambda m: None, keep_best=True)
+    assert resumed["best_epoch"] == full["best_epoch"] and resumed["best_state"] is not None
+    for k, v in full["best_state"].items():
+        torch.testing.assert_close(resumed["best_state"][k], v, rtol=0, atol=0)
+
+
 def test_eval_every_and_objectives(toy):
     r = train(_cfg(eval_every=2, epoch=3, lam=0.0, alpha=0.0, ed_weight=0.0), toy, log=lambda m: None)
     assert ["val" in h for h in r["history"]] == [False, True, True]  # every 2nd epoch and the last

@@ -187,6 +187,7 @@ def train(cfg: EngineConfig, data: DLLM2RecData, *, checkpoint: str | Path | Non
         gen.set_state(ck["rng"]["gen"])
         batches.rng.bit_generator.state = ck["rng"]["numpy"]
         state = ck["state"]
+        best_state = ck.get("best_model") if keep_best else None
         log(f"resumed from {ck_path} after epoch {state['epoch']}")
     while state["epoch"] < s.epoch and not state["stopped_early"]:
         model.train()
@@ -223,7 +224,8 @@ def train(cfg: EngineConfig, data: DLLM2RecData, *, checkpoint: str | Path | Non
             ckpt_io.save(ck_path, {"config": cfg.as_dict(), "model": model.state_dict(),
                                    "optimizer": opt.state_dict(),
                                    "rng": {"torch": torch.get_rng_state(), "gen": gen.get_state(),
-                                           "numpy": batches.rng.bit_generator.state}, "state": state},
+                                           "numpy": batches.rng.bit_generator.state}, "state": state,
+                                   **({"best_model": best_state} if best_state is not None else {})},
                          kind=CKPT_KIND)
         if on_epoch is not None:
             on_epoch(rec)

@@ -70,7 +70,7 @@ def train_record(plan: str, run_id: str, config: dict, digest: str, data_meta: d
 def selected_rows(res: dict, engine_cfg, data) -> dict | None:
     """The selected student's per-row TEST target ranks, top-1 confidence and correctness, and ECE
     (``record["selected"]``: paired per-row tests, popularity buckets, reliability diagrams), or None after a
-    resume (the best weights are not kept across one)."""
+    resume from a checkpoint older than the engine's ``best_model`` field."""
     from reimpl.dllm2rec.student import build_student
     from reimpl.extensions.metrics import evaluate_student
 
