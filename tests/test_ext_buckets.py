@@ -41,19 +41,33 @@ def test_bad_input():
 
 
 def test_pooled_reliability_pools_seeds_and_skips_incomplete_arms():
-    from reimpl.extensions.buckets import pooled_reliability
-    from reimpl.metrics import reliability_bins
+    from reimpl.extensions.buckets import equal_mass_bins, pooled_reliability
 
     a = {"conf": [0.01, 0.5, 0.9], "correct": [0, 1, 1], "ranks": [3, 1, 1], "ece": 0.1}
     b = {"conf": [0.02, 0.7], "correct": [1, 0], "ranks": [1, 2], "ece": 0.2}
     per_arm = {"full": {1: {"selected": a}, 2: {"selected": b}},
                "old": {1: {"selected": {"ranks": [1], "ece": 0.0}}},   # ranks only: left out
                "resumed": {1: {"selected": a}, 2: {"selected": None}}}
-    out = pooled_reliability(per_arm, n_bins=5)
+    out = pooled_reliability(per_arm, n_bins=2)
     assert list(out) == ["full"] and out["full"]["seeds"] == 2 and out["full"]["rows"] == 5
-    ref = reliability_bins(a["conf"] + b["conf"], a["correct"] + b["correct"], 5)
-    np.testing.assert_array_equal(out["full"]["count"], ref["count"])
-    np.testing.assert_allclose(out["full"]["acc"], ref["acc"], equal_nan=True)
+    ref = equal_mass_bins(a["conf"] + b["conf"], a["correct"] + b["correct"], 2)
+    np.testing.assert_array_equal(out["full"]["count"], [3, 2])   # sorted: .01 .02 .5 | .7 .9
+    np.testing.assert_allclose(out["full"]["conf"], [0.53 / 3, 0.8])
+    np.testing.assert_allclose(out["full"]["acc"], [2 / 3, 0.5])
+    np.testing.assert_array_equal(out["full"]["acc"], ref["acc"])
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 200), st.integers(1, 20), st.data())
+def test_equal_mass_bins_cover_every_row_once(n, n_bins, data):
+    from reimpl.extensions.buckets import equal_mass_bins
+
+    c = np.array(data.draw(st.lists(st.floats(0, 1), min_size=n, max_size=n)))
+    y = np.array(data.draw(st.lists(st.booleans(), min_size=n, max_size=n)), dtype=float)
+    b = equal_mass_bins(c, y, n_bins)
+    assert b["count"].sum() == n and len(b["count"]) == min(n, n_bins) and np.ptp(b["count"]) <= 1
+    assert np.all(np.diff(b["conf"]) >= -1e-12)                        # bins in confidence order
+    np.testing.assert_allclose((b["count"] * b["acc"]).sum(), y.sum())
 
 
 def test_reliability_figure_from_records(tmp_path):

@@ -299,7 +299,7 @@ def _sections(plan, trial: dict, base: dict, tuned: dict | None, converged: dict
 
 def plot_reliability(dataset: str, sections: list[dict], figdir: Path) -> str | None:
     """``ext_engine_reliability_<dataset>.png``: a reliability diagram per student (TEST rows of all seeds pooled,
-    15 bins, log confidence axis: a student's top-1 confidence over thousands of items is mostly < 0.1); the file
+    10 equal-mass bins, log axes: a student's top-1 confidence over thousands of items is mostly < 0.1); the file
     name, or None where no arm keeps per-row confidences."""
     panels = [s for s in sections if s["reliability"]]
     if not panels:
@@ -320,6 +320,7 @@ def plot_reliability(dataset: str, sections: list[dict], figdir: Path) -> str | 
         ax.plot([lo, 1], [lo, 1], "k:", lw=0.8)
         ax.set_xscale("log")
         ax.set_yscale("symlog", linthresh=1e-3)
+        ax.set_ylim(bottom=0)
         ax.set_xlabel("top-1 confidence (bin mean)")
         ax.set_ylabel("top-1 accuracy (HR@1 in the bin)")
         ax.set_title(f"{dataset} {s['model']}: reliability, TEST, seeds pooled", fontsize=9)
