@@ -80,16 +80,22 @@ def top1_confidence(scores: torch.Tensor, targets: torch.Tensor, prob: str = "so
     return conf, arg == targets
 
 
-def reliability_bins(confidence, correct, n_bins: int = 15) -> dict[str, np.ndarray]:
-    """Per-bin ``count``, mean ``conf`` and ``acc`` (NaN for empty bins) and the bin ``edges`` ``[M+1]``."""
+def _conf_correct(confidence, correct, n_bins: int, who: str) -> tuple[np.ndarray, np.ndarray]:
+    """confidence and correct as float64 ``[N]``, checked: same non-empty shape, confidence in [0, 1], n_bins >= 1."""
     c = np.asarray(confidence, dtype=np.float64).reshape(-1)
     y = np.asarray(correct, dtype=np.float64).reshape(-1)
     if c.shape != y.shape or c.size == 0:
-        raise ValueError(f"reliability_bins: confidence and correct must be non-empty [N], got {c.shape}, {y.shape}")
+        raise ValueError(f"{who}: confidence and correct must be non-empty [N], got {c.shape}, {y.shape}")
     if n_bins < 1:
-        raise ValueError(f"reliability_bins: n_bins must be >= 1, got {n_bins}")
+        raise ValueError(f"{who}: n_bins must be >= 1, got {n_bins}")
     if not np.isfinite(c).all() or (c < 0).any() or (c > 1).any():
-        raise ValueError("reliability_bins: confidence must lie in [0, 1]")
+        raise ValueError(f"{who}: confidence must lie in [0, 1]")
+    return c, y
+
+
+def reliability_bins(confidence, correct, n_bins: int = 15) -> dict[str, np.ndarray]:
+    """Per-bin ``count``, mean ``conf`` and ``acc`` (NaN for empty bins) and the bin ``edges`` ``[M+1]``."""
+    c, y = _conf_correct(confidence, correct, n_bins, "reliability_bins")
     edges = np.linspace(0.0, 1.0, n_bins + 1)
     b = np.clip(np.ceil(c * n_bins).astype(np.int64) - 1, 0, n_bins - 1)  # (b/M, (b+1)/M], 0 -> bin 0
     count = np.bincount(b, minlength=n_bins).astype(np.float64)
@@ -97,6 +103,16 @@ def reliability_bins(confidence, correct, n_bins: int = 15) -> dict[str, np.ndar
         conf = np.bincount(b, weights=c, minlength=n_bins) / count
         acc = np.bincount(b, weights=y, minlength=n_bins) / count
     return {"count": count, "conf": conf, "acc": acc, "edges": edges}
+
+
+def equal_mass_bins(confidence, correct, n_bins: int = 10) -> dict[str, np.ndarray]:
+    """Adaptive reliability bins: rows sorted by confidence ``[N]`` and cut into ``n_bins`` runs of (nearly) equal
+    size; per bin ``count``, mean ``conf`` and ``acc``. Equal-width bins put every row of a student whose top-1
+    confidence over thousands of items stays below 1/15 into one bin."""
+    c, y = _conf_correct(confidence, correct, n_bins, "equal_mass_bins")
+    parts = np.array_split(np.argsort(c, kind="stable"), min(n_bins, c.size))
+    return {"count": np.array([p.size for p in parts], dtype=np.float64),
+            "conf": np.array([c[p].mean() for p in parts]), "acc": np.array([y[p].mean() for p in parts])}
 
 
 def expected_calibration_error(confidence, correct, n_bins: int = 15) -> float:

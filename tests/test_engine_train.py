@@ -27,21 +27,25 @@ def toy(tmp_path_factory):
     return load_data(root, "toy", need_rank=True, need_emb=True, d_llm=32)
 
 
+class Killed(Exception):
+    pass
+
+
+def kill_after(epoch: int):
+    """An ``on_epoch`` that raises once epoch ``epoch`` has run and been checkpointed."""
+    def kill(rec):
+        if rec["epoch"] == epoch:
+            raise Killed
+    return kill
+
+
 @pytest.mark.parametrize("model", ["SASRec", "GRU", "Caser"])
 def test_killed_run_resumes_to_the_same_result(toy, tmp_path, model):
     cfg = _cfg(model, d_llm=32)
     full = train(cfg, toy, log=lambda m: None)
-
-    class Killed(Exception):
-        pass
-
-    def kill(rec):
-        if rec["epoch"] == 2:
-            raise Killed
-
     ck = tmp_path / "ck.pt"
     with pytest.raises(Killed):
-        train(cfg, toy, checkpoint=ck, log=lambda m: None, on_epoch=kill)
+        train(cfg, toy, checkpoint=ck, log=lambda m: None, on_epoch=kill_after(2))
     msgs = []
     resumed = train(cfg, toy, checkpoint=ck, log=msgs.append)
     assert any("resumed" in m and "epoch 2" in m for m in msgs)
@@ -56,17 +60,9 @@ def test_a_resumed_run_keeps_the_selected_weights(toy, tmp_path):
 
     cfg = _cfg("SASRec", d_llm=32, epoch=4)
     full = train(cfg, toy, log=lambda m: None, keep_best=True)
-
-    class Killed(Exception):
-        pass
-
-    def kill(rec):
-        if rec["epoch"] == 4:
-            raise Killed
-
     ck = tmp_path / "ck.pt"
     with pytest.raises(Killed):
-        train(cfg, toy, checkpoint=ck, log=lambda m: None, on_epoch=kill, keep_best=True)
+        train(cfg, toy, checkpoint=ck, log=lambda m: None, on_epoch=kill_after(4), keep_best=True)
     resumed = train(cfg, toy, checkpoint=ck, log=lambda m: None, keep_best=True)
     assert resumed["best_epoch"] == full["best_epoch"] and resumed["best_state"] is not None
     for k, v in full["best_state"].items():

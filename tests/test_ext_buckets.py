@@ -41,7 +41,8 @@ def test_bad_input():
 
 
 def test_pooled_reliability_pools_seeds_and_skips_incomplete_arms():
-    from reimpl.extensions.buckets import equal_mass_bins, pooled_reliability
+    from reimpl.extensions.buckets import pooled_reliability
+    from reimpl.metrics import equal_mass_bins
 
     a = {"conf": [0.01, 0.5, 0.9], "correct": [0, 1, 1], "ranks": [3, 1, 1], "ece": 0.1}
     b = {"conf": [0.02, 0.7], "correct": [1, 0], "ranks": [1, 2], "ece": 0.2}
@@ -60,7 +61,7 @@ def test_pooled_reliability_pools_seeds_and_skips_incomplete_arms():
 @settings(max_examples=40, deadline=None)
 @given(st.integers(1, 200), st.integers(1, 20), st.data())
 def test_equal_mass_bins_cover_every_row_once(n, n_bins, data):
-    from reimpl.extensions.buckets import equal_mass_bins
+    from reimpl.metrics import equal_mass_bins
 
     c = np.array(data.draw(st.lists(st.floats(0, 1), min_size=n, max_size=n)))
     y = np.array(data.draw(st.lists(st.booleans(), min_size=n, max_size=n)), dtype=float)

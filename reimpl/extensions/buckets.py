@@ -46,25 +46,11 @@ def bucket_metrics(ranks: np.ndarray, targets: np.ndarray, bucket_of: np.ndarray
     return out
 
 
-def equal_mass_bins(confidence, correct, n_bins: int = 10) -> dict[str, np.ndarray]:
-    """Adaptive reliability bins: rows sorted by confidence ``[N]`` and cut into ``n_bins`` runs of (nearly) equal
-    size; per bin ``count``, mean ``conf`` and ``acc``. Equal-width bins put every row of a student whose top-1
-    confidence over thousands of items stays below 1/15 into one bin."""
-    c = np.asarray(confidence, dtype=np.float64).reshape(-1)
-    y = np.asarray(correct, dtype=np.float64).reshape(-1)
-    if c.shape != y.shape or c.size == 0:
-        raise ValueError(f"equal_mass_bins: confidence and correct must be non-empty [N], got {c.shape}, {y.shape}")
-    if n_bins < 1:
-        raise ValueError(f"equal_mass_bins: n_bins must be >= 1, got {n_bins}")
-    order = np.argsort(c, kind="stable")
-    parts = [p for p in np.array_split(order, min(n_bins, c.size)) if p.size]
-    return {"count": np.array([p.size for p in parts], dtype=np.float64),
-            "conf": np.array([c[p].mean() for p in parts]), "acc": np.array([y[p].mean() for p in parts])}
-
-
 def pooled_reliability(per_arm: dict, n_bins: int = 10) -> dict:
     """``{arm: equal_mass_bins(...)}`` over the TEST rows of every seed pooled, for the arms whose records all keep
     per-row confidences (``record["selected"]``); arms missing them in any seed are left out, not half-pooled."""
+    from reimpl.metrics import equal_mass_bins
+
     out = {}
     for arm, seeds in per_arm.items():
         sel = [x.get("selected") for x in seeds.values()]
