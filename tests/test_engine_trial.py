@@ -89,3 +89,13 @@ def test_a_teacher_free_arm_is_shared_by_the_plans_of_one_split():
     k8 = next(r for r in et.trial_runs(dz.PLANS["ml100k-loo@8k"], ("emb-only",), tuned) if r.base.seed == 1)
     k32 = next(r for r in et.trial_runs(dz.PLANS["ml100k-loo"], ("emb-only",), tuned) if r.base.seed == 1)
     assert et._trial_record({k8.run_id: {"config": json.loads(json.dumps(k8.config()))}}, k32) is None  # teacher
+
+
+def test_contrasts_pair_by_seed_and_wait_for_pairs(monkeypatch):
+    monkeypatch.setattr(et, "_metric", lambda rec, metric="ndcg", k=10: rec["v"])
+    per_arm = {"dro-only": {1: {"v": 0.06}, 2: {"v": 0.07}, 3: {"v": 0.065}},
+               "plain": {1: {"v": 0.04}, 2: {"v": 0.045}, 3: {"v": 0.041}}, "emb-only": {}}
+    out = {(c["arm"], c["against"]): c for c in et.contrasts(per_arm)}
+    c = out[("dro-only", "plain")]
+    assert c["n"] == 3 and c["mean"] == pytest.approx((0.02 + 0.025 + 0.024) / 3) and "helps against" in c["verdict"]
+    assert out[("emb-only", "plain")]["n"] == 0 and "pending" in out[("emb-only", "plain")]["verdict"]

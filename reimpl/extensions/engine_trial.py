@@ -69,6 +69,13 @@ ARMS = {
 # the decomposition arms change the base run's DLLM2Rec weights (lam, ed_weight, alpha) instead of adding a hook
 STUDENT_OVERRIDES = {"dro-only": {"lam": 0.0, "ed_weight": 0.0, "alpha": 1.0},
                      "emb-only": {"lam": 0.0, "ed_weight": 0.2, "alpha": 0.0}}
+# paired contrasts that take DLLM2Rec's gain apart, one part at a time: (arm, against, what the difference measures)
+CONTRASTS = (("dro-only", "plain", "DRO alone (no teacher)"),
+             ("emb-only", "plain", "the teacher's item embeddings alone"),
+             ("kd-no-rank", "dro-only", "the teacher's item embeddings, on top of DRO"),
+             ("dllm2rec", "kd-no-rank", "the teacher's ranking distillation, on top of DRO and the embeddings"),
+             ("sel-gt-error", "sel-gt-mean", "choosing rows by p_teacher(target), at the same distillation mass"),
+             ("uamd-exp", "dllm2rec", "UAMD's uncertainty weights on the ranking distillation"))
 RATIONALE_GEN = {"max_new_tokens": 32, "batch_size": 16}
 TEMPLATES = Path(__file__).parent / "templates"
 TRAINED = tuple(a for a, (_, ext, _) in ARMS.items() if ext is not None)
@@ -291,10 +298,23 @@ def _sections(plan, trial: dict, base: dict, tuned: dict | None, converged: dict
                 r["delta"][against]["p_holm"] = p
                 r["delta"][against]["verdict"] = verdict(r["delta"][against], p, against)
         ref = softmax_reference(runs[0].dataset if runs else "", m, per_arm, converged)
-        sections.append({"model": m, "rows": rows, "softmax": ref,
+        sections.append({"model": m, "rows": rows, "softmax": ref, "contrasts": contrasts(per_arm),
                          "buckets": bucket_rows(per_arm, split_targets(runs[0]) if runs else None),
                          "reliability": pooled_reliability(per_arm)})
     return sections
+
+
+def contrasts(per_arm: dict) -> list[dict]:
+    """:data:`CONTRASTS` as paired Δ TEST NDCG@10 by seed, Holm over the contrasts with >= 2 pairs."""
+    out = []
+    for a, b, what in CONTRASTS:
+        d = dz.paired_delta({s: _metric(x) for s, x in per_arm.get(a, {}).items()},
+                            {s: _metric(x) for s, x in per_arm.get(b, {}).items()})
+        out.append({"arm": a, "against": b, "what": what, **d})
+    for c, p in zip(out, holm([c["p"] for c in out])):
+        c["p_holm"] = p
+        c["verdict"] = verdict(c, p, c["against"])
+    return out
 
 
 def plot_reliability(dataset: str, sections: list[dict], figdir: Path) -> str | None:
