@@ -89,3 +89,17 @@ def test_compact_checkpoint_resumes_on_another_machine(lastfm, tmp_path):
 
     with pytest.raises(CheckpointError, match="different run"):
         ti.restore_checkpoint(tmp_path / "store.ckpt", tmp_path / "m3" / "last.ckpt", run_identity(c, data, other))
+
+
+def test_trainable_count_does_not_depend_on_the_last_batch():
+    from reimpl.teachers.run import _ilora_trainable
+
+    t = _teacher("fixed", dropout=0.0)
+    counts = []
+    for frozen in (False, True):     # train() freezes the projector on text-only batches
+        t.projector.requires_grad_(not frozen)
+        counts.append(_ilora_trainable(t))
+    proj = sum(p.numel() for p in t.projector.parameters())
+    assert counts[0] == counts[1] and proj > 0
+    assert counts[0] == proj + sum(p.numel() for n, p in t.named_parameters()
+                                   if p.requires_grad and not n.startswith("projector."))

@@ -329,6 +329,14 @@ def run_e4srec(cfg: e4srec.E4SRecConfig, opts: RunOptions) -> Path:
     return _write(results_dir(opts), name, rec)
 
 
+def _ilora_trainable(teacher) -> int:
+    """Parameters iLoRA trains: LoRA experts, gate and the projector. ``requires_grad`` alone would depend on the
+    last batch: train() freezes the projector on text-only batches (reimpl/ilora/train.py, training_step)."""
+    ps = {id(p): p for p in teacher.parameters() if p.requires_grad}
+    ps.update({id(p): p for p in teacher.projector.parameters()})
+    return sum(p.numel() for p in ps.values())
+
+
 def run_ilora(cfg: ilora.ILoRAConfig, opts: RunOptions) -> Path:
     """iLoRA (reimpl.ilora, fixed mode) trained on the teachers' rows in chunks, evaluated once training ends.
 
@@ -394,7 +402,7 @@ def run_ilora(cfg: ilora.ILoRAConfig, opts: RunOptions) -> Path:
     rec = {"teacher": name, "method": "ilora", "config": ilora.config_dict(cfg), "options": dataclasses.asdict(opts),
            "env": _env(opts), "command": _command(),
            "encoder": {"llm": SMOLLM2_ID if opts.llm == "smollm2" else "tiny-llama-seed0",
-                       "trainable_params": sum(p.numel() for p in teacher.parameters() if p.requires_grad)},
+                       "trainable_params": _ilora_trainable(teacher)},
            "train": {"rows": len(data), "micro_batches": n_batches, "micro_batches_done": done,
                      "optimizer_steps": int(ck["global_step"]), "finished": finished, "train_s": round(secs, 2),
                      "s_per_row": round(secs / max(done * tcfg.batch_size, 1), 3), "loss_curve": extra["curve"],
