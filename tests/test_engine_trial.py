@@ -26,7 +26,6 @@ def test_trial_runs_share_the_distilled_runs_config():
     assert r.run_id == "ml100k-loo__SASRec__lr=0.003__sel-gt-error__ml100k-loo-e4srec-smollm2-32k__s1"
 
 
-
 def test_decomposition_arms_switch_dllm2rec_parts_off_one_by_one():
     plan = dz.PLANS["ml100k-loo"]
     runs = {r.arm: r for r in et.trial_runs(plan, tuned={"SASRec": (("lr", 0.003),), "GRU": None, "Caser": None})

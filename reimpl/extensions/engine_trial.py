@@ -258,12 +258,8 @@ def _trial_record(trial: dict, run: TrialRun) -> dict | None:
     rec = trial.get(run.run_id)
     if rec is not None or ARMS[run.arm][0] != "plain":
         return rec
-    cfg = json.loads(json.dumps(run.config()))
-    head, tail = run.run_id.split(f"__{run.arm}__")[0], f"__s{run.base.seed}"
-    for rid, r in trial.items():
-        if rid.startswith(f"{head}__{run.arm}__") and rid.endswith(tail) and r.get("config") == cfg:
-            return r
-    return None
+    cfg = json.loads(json.dumps(run.config()))   # names the split, arm, student, seed; no teacher
+    return next((r for r in trial.values() if r.get("config") == cfg), None)
 
 
 def _sections(plan, trial: dict, base: dict, tuned: dict | None, converged: dict | None = None) -> list[dict]:
