@@ -122,6 +122,83 @@ def test_llamarec_rerank_one_pass_and_two_stage(tiny):
     assert set(top[0].tolist()) == {3, 4, 5, 6} and int(top[1, 0]) == int(cands[1, sc[1].argmax()])
 
 
+def test_llamarec_lora_learns_the_letter_and_resumes(tiny, tmp_path):
+    """Trained LlamaRec: only LoRA weights move, one step lowers the loss of the batch it was taken on, a run
+    stopped at a checkpoint and resumed equals the uninterrupted run, and the adapter round-trips."""
+    import copy
+
+    from reimpl.llm.tiny import load_tiny_tokenizer
+    from reimpl.teachers import llamarec
+
+    llm, _, _ = tiny
+    tok = load_tiny_tokenizer()
+    titles = {i: f"Band {i}" for i in range(I)}
+    rows = _rows(48)
+    cfg = llamarec.LlamaRecConfig(n_cands=4, epochs=5, batch_size=8, lr=2e-2, lora_r=4, lora_dropout=0.0, bf16=False)
+    torch.manual_seed(0)
+    m = llamarec.LlamaRec(cfg, copy.deepcopy(llm), tok)
+    assert all("lora_" in n or "gating" in n for n, _ in m.trainable())
+    frozen = {n: p.clone() for n, p in m.named_parameters() if not p.requires_grad}
+    saved = {}
+
+    def keep(step, curve):
+        saved[step] = ({n: p.detach().clone() for n, p in m.trainable()}, copy.deepcopy(m._opt_state), list(curve))
+
+    info = llamarec.train_llamarec(m, titles, rows, checkpoint=keep)
+    assert info["steps"] == 5 * 48 // 8 and info["rows_trained"] == 5 * 48
+    c = info["loss_curve"]
+    assert all(torch.equal(p, frozen[n]) for n, p in m.named_parameters() if n in frozen)
+    # resume from the step-25 checkpoint: the same weights as the run that never stopped
+    torch.manual_seed(0)
+    r = llamarec.LlamaRec(cfg, copy.deepcopy(llm), tok)
+    w, opt, curve = saved[25]
+    r.load_state_dict(w, strict=False)
+    r._opt_state = opt
+    info2 = llamarec.train_llamarec(r, titles, rows, start_step=25, curve=curve)
+    assert info2["loss_curve"] == pytest.approx(c, abs=1e-4)
+    assert all(torch.allclose(p, dict(m.trainable())[n], atol=1e-6) for n, p in r.trainable())
+    # one step (8 rows, batch 8, one epoch) lowers that batch's letter NLL
+    one = rows.take(slice(0, 8))
+    cfg1 = llamarec.LlamaRecConfig(n_cands=4, epochs=1, batch_size=8, lr=1e-3, lora_r=4, lora_dropout=0.0, bf16=False)
+    torch.manual_seed(0)
+    s1 = llamarec.LlamaRec(cfg1, copy.deepcopy(llm), tok)
+    lid = llamarec.letter_ids(tok, 4)
+    _, cs, col = llamarec.training_candidates(one, cfg1, 0)
+    texts = [llamarec.prompt(titles, one.history(i), cs[i].tolist()) for i in range(8)]
+
+    def nll():
+        with torch.no_grad():
+            return float(torch.nn.functional.nll_loss(llamarec.letter_logprobs(s1, tok, texts, lid)[0],
+                                                      torch.as_tensor(col)))
+    before = nll()
+    assert llamarec.train_llamarec(s1, titles, one)["loss_curve"][0] == pytest.approx(before, abs=1e-4)
+    assert nll() < before
+    path = llamarec.save_adapter(tmp_path / "a.safetensors", m, {"teacher": "t"})
+    torch.manual_seed(1)
+    fresh = llamarec.LlamaRec(cfg, copy.deepcopy(llm), tok)
+    assert llamarec.load_adapter(path, fresh) == {"teacher": "t"}
+    hists, cands = [rows.history(i) for i in range(4)], torch.as_tensor(common.candidates(rows.take(slice(0, 4)), 4, 0))
+    m.eval(), fresh.eval()
+    with torch.no_grad():
+        assert torch.allclose(llamarec.rerank(m, tok, titles, hists, cands),
+                              llamarec.rerank(fresh, tok, titles, hists, cands), atol=1e-6)
+
+
+def test_llamarec_retrieved_candidates_drop_rows_without_target():
+    from reimpl.teachers import llamarec
+
+    rows = _rows(6)
+    ret = torch.zeros(6, I, dtype=torch.double)
+    ret[torch.arange(6), torch.as_tensor(rows.next)] = 5.0
+    ret[0, int(rows.next[0])] = -1e9                       # row 0: target outside the top 4
+    cfg = llamarec.LlamaRecConfig(n_cands=4, epochs=1, train_cands="retrieved")
+    keep, c, col = llamarec.training_candidates(rows, cfg, 0, ret)
+    assert keep.tolist() == [1, 2, 3, 4, 5]
+    assert (c[np.arange(5), col] == rows.next[keep]).all() and c.shape == (5, 4)
+    with pytest.raises(ValueError, match="train_cands"):
+        llamarec.training_candidates(rows, cfg, 0, None)
+
+
 def test_history_text_per_domain():
     # LastFM's text is the one every committed LastFM teacher encoded: it must not move
     assert common.history_text({1: "A", 2: "B"}, [1, 2]) == \

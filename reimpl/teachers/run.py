@@ -3,6 +3,7 @@
     python -m reimpl.teachers.run dense  --llm smollm2 --pooling mean [--id_embeddings true] [--export true]
     python -m reimpl.teachers.run e4srec --max_train_rows 1000 --eval_rows 500 --llm_layers 6
     python -m reimpl.teachers.run llamarec --splits val,test   # zero-shot two-stage reranker
+    python -m reimpl.teachers.run llamarec --epochs 1 --max_train_rows 2000 --splits heldout,val,test  # LoRA-tuned
     python -m reimpl.teachers.run sasrec          # the SASRec checkpoint alone (the bar)
     python -m reimpl.teachers.run ilora --max_train_rows 5000 --chunk_batches 50   # iLoRA, in resumable chunks
 
@@ -432,41 +433,84 @@ def _git_head() -> str:
 
 
 def run_llamarec(cfg, opts: RunOptions, splits: tuple[str, ...]) -> Path:
-    """Zero-shot LlamaRec (no reranker training in this CLI): the shared candidates reranked by the verbalizer, and
-    the two-stage ranking over all items (SASRec top ``n``, reranked). Two LLM passes per row."""
+    """LlamaRec: the shared candidates reranked by the verbalizer, and the two-stage ranking over all items (SASRec
+    top ``n``, reranked); two LLM passes per row. ``--epochs 0``: zero-shot; ``--epochs n``: LoRA trained first on
+    the non-held-out train rows (``--max_train_rows``, a seeded sample), checkpointed every 25 steps under
+    ``runs/teachers/<name>/`` (a rerun resumes) and kept as ``<name>.adapter.safetensors`` in the results store."""
     from reimpl.ilora.sasrec import load_checkpoint
     from reimpl.teachers import llamarec
 
+    opts = dataclasses.replace(opts, n_cands=cfg.n_cands)
     d = common.load_lastfm(opts.data_dir)
     sets = {k: v for k, v in eval_sets(d, opts).items() if k in splits}
     sas = load_checkpoint(opts.sasrec_ckpt, mode="fixed")
+    torch.manual_seed(cfg.seed)
     if opts.llm == "tiny":
         from reimpl.llm.tiny import load_tiny_tokenizer, tiny_llama
 
         tok = load_tiny_tokenizer()
         llm, mid = tiny_llama(seed=0, vocab_size=len(tok)), "tiny-llama-seed0"
     else:
+        require(opts.llm == "smollm2", "--llm", "smollm2 or tiny for llamarec", opts.llm)
         from reimpl.llm.real import load_smollm2
 
         (llm, tok), mid = load_smollm2(), SMOLLM2_ID
-    name = opts.name or f"llamarec-{opts.llm}-zeroshot"
+    tr = train_rows(d, opts, cfg.seed) if cfg.epochs else None
+    name = opts.name or (f"llamarec-{opts.llm}-zeroshot" if not cfg.epochs else
+                         f"llamarec-{opts.llm}" + (f"-l{cfg.llm_layers}" if cfg.llm_layers else "") + f"-{len(tr)}")
     rec = {"teacher": name, "method": "llamarec", "config": dataclasses.asdict(cfg),
            "options": dataclasses.asdict(opts),
            "env": _env(opts), "command": _command(), "encoder": {"llm": mid},
            "train": {"rows": 0, "note": "zero-shot: the verbalizer reads the untuned LLM"}, "eval": {},
            "sasrec_bar": sasrec_bar(sas, sets, opts)}
+    model = llm
+    if cfg.epochs:
+        model = llamarec.LlamaRec(cfg, llm, tok)
+        retrieval = None
+        if cfg.train_cands == "retrieved":
+            retrieval = common.sasrec_scores(sas, tr).double()
+            for i in range(len(tr)):
+                retrieval[i, tr.history(i)] = -torch.inf
+        ck = RUNS / "teachers" / name / "ckpt.pt"
+        start, curve = 0, []
+        if ck.is_file():
+            state = torch.load(ck, weights_only=False)   # this project's own cache file
+            if state["config"] != dataclasses.asdict(cfg) or state["rows"] != len(tr):
+                raise ValueError(f"{ck}: checkpoint of another configuration; delete it or pass another --name")
+            model.load_state_dict(state["trainable"], strict=False)
+            model._opt_state = state["opt"]
+            start, curve = state["step"], state["curve"]
+            torch.set_rng_state(state["torch_rng"])     # LoRA dropout continues its stream
+            print(f"resuming {name} at step {start}", flush=True)
+
+        def save(step, cur):
+            ck.parent.mkdir(parents=True, exist_ok=True)
+            tmp = ck.with_name("ckpt.pt.tmp")
+            torch.save({"config": dataclasses.asdict(cfg), "rows": len(tr), "step": step, "curve": cur,
+                        "trainable": {n: p.detach() for n, p in model.trainable()}, "opt": model._opt_state,
+                        "torch_rng": torch.get_rng_state()}, tmp)
+            tmp.replace(ck)
+
+        info = llamarec.train_llamarec(model, d.titles, tr, log=lambda m: print(m, flush=True), checkpoint=save,
+                                       start_step=start, curve=curve, retrieval=retrieval)
+        rec["train"] = {"rows": len(tr), "resumed_at_step": start, **info}
+        rec["encoder"]["trainable_params"] = sum(p.numel() for _, p in model.trainable())
+        adapter = Path(opts.results_dir) / f"{name}.adapter.safetensors"
+        adapter.parent.mkdir(parents=True, exist_ok=True)
+        llamarec.save_adapter(adapter, model, {"teacher": name, "config": dataclasses.asdict(cfg)})
+        rec["adapter"] = _rel(adapter)
     t0, n_rows, tokens = time.perf_counter(), 0, 0
     for k, r in sets.items():
         hists = [r.history(i) for i in range(len(r))]
         cands = torch.as_tensor(common.candidates(r, opts.n_cands, opts.cand_seed))
         with torch.no_grad():
-            cs = llamarec.rerank(llm, tok, d.titles, hists, cands)
+            cs = llamarec.rerank(model, tok, d.titles, hists, cands)
             retr = common.sasrec_scores(sas, r).double()
             for i, h in enumerate(hists):
                 if h:
                     retr[i, h] = -torch.inf
             top = retr.topk(cfg.n_cands, dim=1).indices
-            full = llamarec.two_stage_scores(retr.clamp_min(-1e9), llamarec.rerank(llm, tok, d.titles, hists, top),
+            full = llamarec.two_stage_scores(retr.clamp_min(-1e9), llamarec.rerank(model, tok, d.titles, hists, top),
                                              top)
         rec["eval"][k] = common.evaluate_scores(full, cs, cands.numpy(), r.next, hists)
         rec["eval"][k]["stage1_recall@n"] = float((top == torch.as_tensor(r.next)[:, None]).any(1).double().mean())
@@ -477,6 +521,7 @@ def run_llamarec(cfg, opts: RunOptions, splits: tuple[str, ...]) -> Path:
     rec["export_rows_per_s"] = round(n_rows / secs, 3)
     rec["eval_tokens_per_s"] = round(2 * tokens / secs, 1)
     rec["env"]["load_at_end"] = _load()
+    rec["data"] = data_facts(d)
     return _write(opts.results_dir, name, rec)
 
 
@@ -542,7 +587,10 @@ def main(argv=None) -> int:
     pe = sub.add_parser("e4srec")
     add_dataclass_arguments(pe, e4srec.E4SRecConfig)
     add_dataclass_arguments(pe, RunOptions, skip=("seed",))
+    from reimpl.teachers.llamarec import LlamaRecConfig
+
     pl = sub.add_parser("llamarec")
+    add_dataclass_arguments(pl, LlamaRecConfig)
     add_dataclass_arguments(pl, RunOptions, skip=("n_cands",))
     pl.add_argument("--splits", default="val,test", help="eval sets among heldout,val,test (default: val,test)")
     pi = sub.add_parser("ilora")
@@ -566,9 +614,7 @@ def main(argv=None) -> int:
     elif a.cmd == "ilora":
         out = run_ilora(build(parser, lambda: from_namespace(ilora.ILoRAConfig, a)), opts)
     elif a.cmd == "llamarec":
-        from reimpl.teachers.llamarec import LlamaRecConfig
-
-        out = run_llamarec(LlamaRecConfig(n_cands=opts.n_cands), opts, tuple(a.splits.split(",")))
+        out = run_llamarec(build(parser, lambda: from_namespace(LlamaRecConfig, a)), opts, tuple(a.splits.split(",")))
     else:
         out = run_sasrec(opts, a.retrain_epochs)
     print(out)
