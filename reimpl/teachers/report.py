@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import re
 import sys
 from pathlib import Path
@@ -67,6 +68,7 @@ def render(results: list[dict], loo: dict[str, list[dict]] | None = None) -> str
                              trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
     env.filters["p"] = fmt_p
     env.filters["f3"] = lambda x: f"{x:.3f}"
+    env.filters["log"] = math.log
     trained = [r for r in results if r["method"] in ("dense", "e4srec", "llamarec")]
     bars = [r for r in results if r["method"] in ("sasrec", "sasrec-retrained")]
     for b in bars:
