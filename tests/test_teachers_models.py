@@ -182,6 +182,14 @@ def test_llamarec_lora_learns_the_letter_and_resumes(tiny, tmp_path):
     with torch.no_grad():
         assert torch.allclose(llamarec.rerank(m, tok, titles, hists, cands),
                               llamarec.rerank(fresh, tok, titles, hists, cands), atol=1e-6)
+    # under bf16 autocast the letter logits stay float32: no ties among the candidates (ties count against the
+    # target; bf16 logits left 5-7 distinct values of 20 on SmolLM2)
+    cfg16 = llamarec.LlamaRecConfig(n_cands=20, lora_r=4, bf16=True)
+    m16 = llamarec.LlamaRec(cfg16, copy.deepcopy(llm), tok).eval()
+    c20 = torch.as_tensor(common.candidates(rows.take(slice(0, 4)), 20, 0))
+    with torch.no_grad():
+        sc = llamarec.rerank(m16, tok, titles, hists, c20)
+    assert sc.dtype == torch.float32 and all(len(set(r.tolist())) == 20 for r in sc)
 
 
 def test_llamarec_retrieved_candidates_drop_rows_without_target():

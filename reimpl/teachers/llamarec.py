@@ -27,6 +27,7 @@ import math
 import string
 import time
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Sequence
 
 import numpy as np
@@ -109,10 +110,17 @@ class LlamaRec(nn.Module):
                                                    lora_dropout=cfg.lora_dropout, target_modules=targets,
                                                    replay_reference_init=False, mode="fixed"))
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **kwargs):
-        gate = torch.ones(input_ids.shape[0], 1)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.cfg.bf16):
-            return self.lm(input_ids=input_ids, attention_mask=attention_mask, gate_weights=gate, **kwargs)
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, logits_to_keep: int = 1,
+                **kwargs) -> SimpleNamespace:
+        """``.logits [B, logits_to_keep, V]`` in float32. The decoder runs under bf16 autocast, the LM head does
+        not: bf16 logits keep ~3 significant digits, so the 20 letters' logits collapse onto 5-7 distinct values
+        and ties (which count against the target) push every teacher below chance."""
+        causal = self.lm.model
+        with self.lm.gate_ctx.bind(torch.ones(input_ids.shape[0], 1)):
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.cfg.bf16):
+                hs = causal.model(input_ids=input_ids, attention_mask=attention_mask,
+                                  **kwargs).last_hidden_state[:, -logits_to_keep:]              # [B, k, d]
+            return SimpleNamespace(logits=F.linear(hs.float(), causal.lm_head.weight.float()))
 
     def trainable(self) -> list[tuple[str, nn.Parameter]]:
         return [(n, p) for n, p in self.named_parameters() if p.requires_grad]
