@@ -103,3 +103,22 @@ def test_trainable_count_does_not_depend_on_the_last_batch():
     assert counts[0] == counts[1] and proj > 0
     assert counts[0] == proj + sum(p.numel() for n, p in t.named_parameters()
                                    if p.requires_grad and not n.startswith("projector."))
+
+
+def test_a_row_without_history_is_scored(lastfm):
+    """A train row with no history (the data file says len_seq 1, as iLoRA's loader reads it) has no
+    [HistoryEmb] in its prompt: fixed mode injects no history item (the reference skips a row without
+    placeholders, model_interface.py:454) and scores it."""
+    d, prompts = lastfm
+    empty = int(np.flatnonzero((d.train.seqs != d.item_num).sum(1) == 0)[0])
+    t = _teacher("fixed", dropout=0.0)
+    t.eval()
+    data = ti.RowsData(d.train.take(np.array([empty, 5])), d.titles, d.item_num)
+    cands = common.candidates(data.rows, 20, 0)
+    py = random.Random(0)
+    samples = [data.sample(i, py, cans=cands[i].tolist()) for i in range(2)]
+    assert samples[0]["len_seq"] == 1 and samples[0]["seq_name"] == []
+    b = collate(samples, t.tokenizer, prompts, py, train=False)
+    with torch.no_grad():
+        sc = t.score_candidates(b, b["cans_name"], b["prompts"])
+    assert sc.shape == (2, 20) and torch.isfinite(sc).all()

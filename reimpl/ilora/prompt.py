@@ -178,5 +178,8 @@ def wrap_emb(embed_tokens: nn.Module, rec: SASRec, projector: MlpProjector, ids:
     cans_e = encode_items(rec, projector, cans)
     item = encode_items(rec, projector, item_id)
     user = encode_users(rec, seq, len_seq, mode)
-    out = inject_item_embeds(input_embeds, input_ids, ids, his, cans_e, item, len_seq, len_cans, mode)
+    n_his = len_seq
+    if mode == "fixed":   # data files give an empty history len_seq 1; no placeholder (ref skips it, l.454)
+        n_his = torch.minimum(torch.as_tensor(len_seq), (seq != rec.config.item_num).sum(1).to(seq.device))
+    out = inject_item_embeds(input_embeds, input_ids, ids, his, cans_e, item, n_his, len_cans, mode)
     return out, user
