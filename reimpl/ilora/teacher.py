@@ -43,6 +43,7 @@ import torch
 from torch import nn
 
 from reimpl.deviations import check_mode
+from reimpl.device import on_module_device
 from reimpl.ilora import deviations_teacher  # noqa: F401  (declares this module's deviations)
 from reimpl.ilora.evaluate import HR1Result, first_line, hr1_valid_ratio
 from reimpl.ilora.loss import IGNORE_INDEX, causal_lm_loss, lm_targets, sequence_logprob
@@ -154,6 +155,7 @@ class ILoRATeacher(nn.Module):
         return lm_targets(batch["input_ids"], batch["token_type_ids"], self.tokenizer.pad_token_id,
                           mode=self.cfg.mode, special_ids=special)
 
+    @on_module_device
     def forward(self, batch: dict) -> TeacherOutput:
         """LM loss of the answer given the prompt (model_interface.py:37-58, 289-294).
 
@@ -183,6 +185,7 @@ class ILoRATeacher(nn.Module):
 
     # -- generation / evaluation --------------------------------------------------------------
     @torch.no_grad()
+    @on_module_device
     def generate(self, batch: dict, max_new_tokens: int = 64, min_new_tokens: int = 1, num_beams: int = 1,
                  do_sample: bool = False, temperature: float = 0.8, repetition_penalty: float = 1.0,
                  length_penalty: float = 1.0) -> list[str]:
@@ -214,6 +217,7 @@ class ILoRATeacher(nn.Module):
 
     # -- teacher outputs for DLLM2Rec ---------------------------------------------------------
     @torch.no_grad()
+    @on_module_device
     def score_candidates(self, batch: dict, cans_titles: Sequence[Sequence[str]],
                          prompts: Sequence[str], cached: bool | str = True) -> torch.Tensor:
         """Log-likelihood ``[B, C]`` of each candidate title (+ terminator) as the answer to row i's prompt.
@@ -381,6 +385,7 @@ class ILoRATeacher(nn.Module):
         out.copy_(torch.zeros(c, dtype=ftype).index_add_(0, seg[q + 1], lp))
 
     @torch.no_grad()
+    @on_module_device
     def item_embeddings(self, titles: Sequence[str] | None = None, item_ids: torch.Tensor | None = None,
                         source: str = "llm", batch_size: int = 64) -> torch.Tensor:
         """``[N, d_llm]`` item embeddings (see the module docstring for both sources)."""

@@ -47,6 +47,7 @@ from reimpl import checkpoint as ckpt_io
 from reimpl.cliconf import add_dataclass_arguments, build, check_writable, from_namespace, require
 from reimpl.data import DataError
 from reimpl.deviations import check_mode
+from reimpl.device import cuda_rng_state, module_device, set_cuda_rng_state
 from reimpl.ilora import deviations_teacher  # noqa: F401
 from reimpl.ilora.data import DataConfig, LastFMData, collate, curriculum_prob, eval_batches, export_batches
 from reimpl.ilora.export import all_item_embeddings, cached_item_embeddings, export_teacher, teacher_fingerprint
@@ -61,7 +62,7 @@ __all__ = ["TrainConfig", "RunOptions", "TrainResult", "train", "train_batches",
            "all_item_embeddings", "cached_item_embeddings", "export_teacher", "teacher_fingerprint"]
 
 CKPT_KIND = "ilora-teacher"
-CODE = ("ilora", "llm", "data", "checkpoint.py")   # reimpl/ sources a teacher run depends on
+CODE = ("ilora", "llm", "data", "checkpoint.py", "device.py")   # reimpl/ sources a teacher run depends on
 
 BatchSource = Callable[[list, random.Random, float], dict]   # (row indices, rng, emb_prob) -> batch
 
@@ -107,7 +108,7 @@ def train_batches(data: LastFMData, tokenizer, prompts: Sequence[str], mode: str
 
 
 def _rng_state(py: random.Random, gen: torch.Generator) -> dict:
-    return {"python": py.getstate(), "torch_gen": gen.get_state(), "torch": torch.get_rng_state()}
+    return {"python": py.getstate(), "torch_gen": gen.get_state(), "torch": torch.get_rng_state(), **cuda_rng_state()}
 
 
 def run_identity(teacher, data, cfg: TrainConfig, world: int = 1) -> dict:
@@ -251,6 +252,7 @@ def train(teacher, data: LastFMData, prompts: Sequence[str], cfg: TrainConfig, c
         py.setstate(ck["rng"]["python"])
         gen.set_state(ck["rng"]["torch_gen"])
         torch.set_rng_state(ck["rng"]["torch"])
+        set_cuda_rng_state(ck["rng"])
     teacher.train()
     losses, lrs, emb_batches, done = [], [], 0, 0
     t0 = time.perf_counter()
@@ -275,7 +277,7 @@ def train(teacher, data: LastFMData, prompts: Sequence[str], cfg: TrainConfig, c
             use_emb = not batch["flag"]
             emb_batches += int(use_emb)
             teacher.projector.requires_grad_(not batch["flag"])   # training_step l.137-142
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
+            with torch.autocast(module_device(teacher).type, dtype=torch.bfloat16, enabled=cfg.bf16):
                 out = model(batch)
             (out.loss / cfg.accumulate_grad_batches).backward()
             losses.append(accelerator.reduce(out.loss.detach(), "mean").item() if world > 1 else out.loss.item())

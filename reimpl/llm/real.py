@@ -82,3 +82,22 @@ def load_minilm(device: str = "cpu"):
 
     _offline()
     return SentenceTransformer(str(minilm_path()), device=device, local_files_only=True)
+
+
+def load_local_llm(path: str | Path, dtype=None):
+    """Return ``(model, tokenizer)`` of a causal LM saved with ``save_pretrained`` in the folder ``path``
+    (e.g. Llama-2-7B, the reference's ``--llm_path``, main.py:151), read offline, float32 by default, eval mode.
+    A folder without ``config.json`` or without tokenizer files is refused by name."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    _offline()
+    folder = Path(path)
+    if not (folder / "config.json").is_file():
+        raise ModelNotInstalled(f"--llm_path {folder}: expected a save_pretrained folder with config.json")
+    if not any((folder / f).is_file() for f in ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")):
+        raise ModelNotInstalled(f"--llm_path {folder}: no tokenizer files (tokenizer.json / tokenizer.model)")
+    tok = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+    model = AutoModelForCausalLM.from_pretrained(str(folder), local_files_only=True, dtype=dtype or torch.float32)
+    model.eval()
+    return model, tok

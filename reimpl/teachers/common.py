@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from reimpl.data import DataError, load_ilora
+from reimpl.device import module_device
 
 LASTFM_ITEMS = 4606          # lastfm_data.py:19 padding_item_id
 SPLIT_CODE = {"train": 0, "val": 1, "test": 2}
@@ -228,9 +229,10 @@ def sasrec_scores(sasrec, rows: Rows, batch: int = 1024) -> torch.Tensor:
     """``[N, item_num]`` scores of the frozen SASRec checkpoint (``forward``: ``s_fc`` of the last valid state)."""
     outs = []
     lens = np.maximum(1, (rows.seqs != rows.item_num).sum(1))
+    dev = module_device(sasrec)   # an iLoRA teacher on CUDA holds this SASRec: the scores come back to the CPU
     with torch.no_grad():
         for s in range(0, len(rows), batch):
-            st = torch.as_tensor(rows.seqs[s:s + batch], dtype=torch.long)
-            ln = torch.as_tensor(lens[s:s + batch], dtype=torch.long)
-            outs.append(sasrec.s_fc(sasrec.user_state(st, ln)))
+            st = torch.as_tensor(rows.seqs[s:s + batch], dtype=torch.long, device=dev)
+            ln = torch.as_tensor(lens[s:s + batch], dtype=torch.long, device=dev)
+            outs.append(sasrec.s_fc(sasrec.user_state(st, ln)).cpu())
     return torch.cat(outs)

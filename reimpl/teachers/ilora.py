@@ -33,6 +33,7 @@ import torch
 
 from reimpl import checkpoint as ckpt_io
 from reimpl.cliconf import require
+from reimpl.device import module_device
 from reimpl.ilora.data import DataConfig, LastFMData, collate
 from reimpl.teachers import common
 
@@ -102,8 +103,9 @@ def training_rows(rows: common.Rows) -> common.Rows:
     return rows.take(np.flatnonzero((rows.seqs != rows.item_num).sum(1) >= MIN_LEN_SEQ))
 
 
-def build(cfg: ILoRAConfig, rec_model, llm: str = "smollm2"):
-    """The fixed-mode iLoRA teacher on ``llm`` ('smollm2' or 'tiny') with ``rec_model`` (frozen SASRec)."""
+def build(cfg: ILoRAConfig, rec_model, llm: str = "smollm2", llm_path: str | None = None):
+    """The fixed-mode iLoRA teacher on ``llm`` ('smollm2', 'tiny', or 'hf': the save_pretrained folder
+    ``llm_path``, e.g. a Llama-class model for the GPU path) with ``rec_model`` (frozen SASRec)."""
     from reimpl.ilora.teacher import TeacherConfig, build_teacher
 
     if llm == "tiny":
@@ -113,8 +115,13 @@ def build(cfg: ILoRAConfig, rec_model, llm: str = "smollm2"):
 
         d = tiny_llm_dir(seed=0)
         model, tok = LlamaForCausalLM.from_pretrained(str(d)), load_tiny_tokenizer(d)
+    elif llm == "hf":
+        from reimpl.llm.real import load_local_llm
+
+        require(llm_path is not None, "--llm_path", "a save_pretrained folder with --llm hf", llm_path)
+        model, tok = load_local_llm(llm_path)
     else:
-        require(llm == "smollm2", "--llm", "smollm2 or tiny for ilora", llm)
+        require(llm == "smollm2", "--llm", "smollm2, tiny or hf for ilora", llm)
         from reimpl.llm.real import load_smollm2
 
         model, tok = load_smollm2()
@@ -189,15 +196,15 @@ def evaluate(teacher, rows: common.Rows, titles: dict, prompts, cfg: ILoRAConfig
     teacher.eval()
     t0 = time.perf_counter()
     scores = []
-    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
+    with torch.no_grad(), torch.autocast(module_device(teacher).type, dtype=torch.bfloat16, enabled=cfg.bf16):
         for b in _batches(data, teacher.tokenizer, prompts, cands, cfg.eval_batch, cfg.seed):
-            scores.append(teacher.score_candidates(b, b["cans_name"], b["prompts"]).float())
+            scores.append(teacher.score_candidates(b, b["cans_name"], b["prompts"]).float().cpu())
     sc = torch.cat(scores)
     out = common.evaluate_scores(None, sc, cands, rows.next)
     out["scoring_s"] = round(time.perf_counter() - t0, 2)
     if generation:
         t0 = time.perf_counter()
-        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
+        with torch.no_grad(), torch.autocast(module_device(teacher).type, dtype=torch.bfloat16, enabled=cfg.bf16):
             res, _ = teacher.evaluate(_batches(data, teacher.tokenizer, prompts, cands, cfg.eval_batch, cfg.seed),
                                       max_new_tokens=cfg.max_new_tokens)
         out["generation"] = {"HR@1": res.hr1, "ValidRatio": res.valid_ratio, "rows": res.n_rows,

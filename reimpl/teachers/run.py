@@ -32,6 +32,7 @@ import torch
 
 from reimpl import checkpoint as ckpt_io
 from reimpl.cliconf import add_dataclass_arguments, build, from_namespace, require
+from reimpl.device import DEVICES, require_device
 from reimpl.paths import ROOT, RUNS, SHARED
 from reimpl.teachers import common, dense, e4srec, ilora
 from reimpl.teachers import export as ex
@@ -56,11 +57,15 @@ class RunOptions:
     name: str | None = None             # result name (default: derived from the config)
     export: bool = False                # export the full train split to results/teachers/<name>.safetensors
     threads: int = 2
-    llm: str = field(default="smollm2", metadata={"choices": ["smollm2", "minilm", "random", "tiny"]})
+    llm: str = field(default="smollm2", metadata={"choices": ["smollm2", "minilm", "random", "tiny", "hf"]})
+    llm_path: str | None = None         # --llm hf (ilora): a save_pretrained folder, read offline (e.g. Llama-2-7B)
+    device: str = field(default="cpu", metadata={"choices": list(DEVICES)})   # cuda: ilora only (docs/teachers_gpu.md)
     results_dir: str = str(RESULTS)
     max_train_rows: int | None = None   # a seeded sample of the training rows (None: all non-held-out rows)
 
     def __post_init__(self) -> None:
+        require((self.llm == "hf") == (self.llm_path is not None), "--llm_path", "given exactly when --llm hf",
+                self.llm_path)
         require(self.n_cands >= 10, "--n_cands", ">= 10 (target in the top 10 is reported)", self.n_cands)
         require(self.heldout_rows > 0, "--heldout_rows", "> 0", self.heldout_rows)
 
@@ -356,10 +361,11 @@ def run_ilora(cfg: ilora.ILoRAConfig, opts: RunOptions) -> Path:
         base = base.take(np.sort(g.choice(len(base), opts.max_train_rows, replace=False)))
     sets = eval_sets(d, opts)
     torch.manual_seed(cfg.seed)
-    teacher = ilora.build(cfg, sas, opts.llm)
+    teacher = ilora.build(cfg, sas, opts.llm, opts.llm_path).to(require_device(opts.device))
     prompts = load_prompts(REF_DIR / "iLoRA" / "prompt" / ilora.PROMPTS[d.domain])
     data = ilora.RowsData(base, d.titles, d.item_num, opts.n_cands, source=d.data_dir)
-    name = teacher_name(opts, f"ilora-{opts.llm}" + (f"-l{cfg.llm_layers}" if cfg.llm_layers else ""))
+    llm_name = Path(opts.llm_path).name if opts.llm == "hf" else opts.llm
+    name = teacher_name(opts, f"ilora-{llm_name}" + (f"-l{cfg.llm_layers}" if cfg.llm_layers else ""))
     tcfg = ilora.train_config(cfg)
     ck_dir = RUNS / "teachers" / name
     last, side = ck_dir / "last.ckpt", ck_dir / "extra.json"
@@ -402,7 +408,7 @@ def run_ilora(cfg: ilora.ILoRAConfig, opts: RunOptions) -> Path:
     secs = sum(c["seconds"] for c in extra["chunks"])
     rec = {"teacher": name, "method": "ilora", "config": ilora.config_dict(cfg), "options": dataclasses.asdict(opts),
            "env": _env(opts), "command": _command(),
-           "encoder": {"llm": SMOLLM2_ID if opts.llm == "smollm2" else "tiny-llama-seed0",
+           "encoder": {"llm": {"smollm2": SMOLLM2_ID, "hf": opts.llm_path}.get(opts.llm, "tiny-llama-seed0"),
                        "trainable_params": _ilora_trainable(teacher)},
            "train": {"rows": len(data), "micro_batches": n_batches, "micro_batches_done": done,
                      "optimizer_steps": int(ck["global_step"]), "finished": finished, "train_s": round(secs, 2),
@@ -604,6 +610,9 @@ def main(argv=None) -> int:
     _ARGV[:] = list(sys.argv[1:] if argv is None else argv)
     parser = {"dense": pd, "e4srec": pe, "llamarec": pl, "sasrec": ps, "ilora": pi}[a.cmd]
     opts = build(parser, lambda: from_namespace(RunOptions, a))
+    require(a.cmd == "ilora" or opts.device == "cpu", "--device", f"cpu for the {a.cmd} command (cuda: ilora only)",
+            opts.device)
+    require(a.cmd == "ilora" or opts.llm != "hf", "--llm", f"not hf for the {a.cmd} command (hf: ilora only)", opts.llm)
     require(a.cmd in ("dense", "e4srec", "ilora") or opts.dataset == "lastfm", "--dataset",
             "lastfm for the llamarec and sasrec commands (leave-one-out splits: dense, e4srec, ilora)", opts.dataset)
     torch.set_num_threads(opts.threads)
