@@ -98,3 +98,23 @@ def test_contrasts_pair_by_seed_and_wait_for_pairs(monkeypatch):
     c = out[("dro-only", "plain")]
     assert c["n"] == 3 and c["mean"] == pytest.approx((0.02 + 0.025 + 0.024) / 3) and "helps against" in c["verdict"]
     assert out[("emb-only", "plain")]["n"] == 0 and "pending" in out[("emb-only", "plain")]["verdict"]
+
+
+@pytest.mark.skipif(not (DATA / "ilora" / "lastfm").is_dir(), reason="needs ../shared/data/ilora/lastfm")
+def test_the_report_shows_cdr_rounds(tmp_path):
+    from reimpl.results.store import Store, make_record
+
+    test = {"ndcg": [0.01, 0.02, 0.03, 0.04], "hr": [0.05, 0.06, 0.07, 0.08]}
+    history = [{"round": 0, "test": test, "matches_stored_kd_record": True},
+               {"round": 1, "test": dict(test, ndcg=[0.01, 0.02, 0.035, 0.04]), "export_target_in_top10": 0.25,
+                "cost_s": {"refine": 10.0, "export": 20.0, "student": 30.0}}]
+    rec = make_record(plan="extensions-cdr", run_id="x__cdr2", config={
+        "run": "x", "cdr": {"refine_rows": 40, "refine_lr": 1e-3, "rounds": 2, "patience": 1},
+        "engine": {"student": {"topk": [1, 5, 10, 20]}}}, data={}, threads=1, wall_s=120.0,
+        result={"history": history, "best_epoch": None, "stopped_early": True, "epochs_run": 1, "train_s": 1.0,
+                "eval_s": 0.0})
+    Store(str(tmp_path)).put(rec)
+    text = et.report(("lastfm",), store_root=str(tmp_path), out=tmp_path / "r.md")
+    cdr = text[text.index("# CDR"):]
+    assert "| 1 | 0.0350 | 0.0700 | 0.250 | 10 | 20 | 30 |" in cdr and "Round 0 equals the stored `kd`" in cdr
+    assert (tmp_path / "figures" / "ext_engine_cdr.png").is_file()

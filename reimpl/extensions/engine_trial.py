@@ -246,8 +246,9 @@ def report(datasets: tuple = LOO_PLANS, store_root: str | None = None, out: Path
     figdir = (out.parent if out else REPORTS) / "figures"
     for part in parts:
         part["reliability_fig"] = plot_reliability(part["dataset"], part["sections"], figdir)
+    cdr = cdr_rows(Store(store_root).records("extensions-cdr"))
     text = template_env(Path(__file__).parent / "templates").get_template("engine_trial.md.j2").render(
-        parts=parts, n_trial=len(trial))
+        parts=parts, n_trial=len(trial), cdr=cdr, cdr_fig=plot_cdr(cdr, figdir))
     (out or REPORTS / "extensions_engine.md").write_text(text)
     return text
 
@@ -311,6 +312,42 @@ def contrasts(per_arm: dict) -> list[dict]:
         c["p_holm"] = p
         c["verdict"] = verdict(c, p, c["against"])
     return out
+
+
+def cdr_rows(records: list[dict]) -> list[dict]:
+    """One entry per CDR record (``reimpl.extensions.cdr_engine``): its run, and per round TEST NDCG@10 / HR@10,
+    the export's target-in-top-10 on the train rows and the cost of each phase (s)."""
+    out = []
+    for rec in sorted(records, key=lambda r: r["run_id"]):
+        k = rec["config"]["engine"]["student"]["topk"].index(10)
+        rounds = [{"round": h["round"], "ndcg10": h["test"]["ndcg"][k], "hr10": h["test"]["hr"][k],
+                   "target_in_top10": h.get("export_target_in_top10"), "cost": h.get("cost_s"),
+                   "same_as_kd": h.get("matches_stored_kd_record")} for h in rec["history"]]
+        out.append({"run_id": rec["run_id"], "run": rec["config"]["run"], "cdr": rec["config"]["cdr"],
+                    "rounds": rounds, "wall_s": rec["timing"]["wall_s"]})
+    return out
+
+
+def plot_cdr(cdr: list[dict], figdir: Path) -> str | None:
+    """``ext_engine_cdr.png``: TEST NDCG@10 per CDR round, one line per record; None without records."""
+    if not cdr:
+        return None
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figdir.mkdir(parents=True, exist_ok=True)
+    fig, ax = plt.subplots(figsize=(5.0, 3.6))
+    for c in cdr:
+        ax.plot([r["round"] for r in c["rounds"]], [r["ndcg10"] for r in c["rounds"]], "o-", label=c["run"])
+    ax.set_xlabel("CDR round (0: the distilled student)")
+    ax.set_ylabel("TEST NDCG@10")
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(figdir / "ext_engine_cdr.png", dpi=110)
+    plt.close(fig)
+    return "ext_engine_cdr.png"
 
 
 def plot_reliability(dataset: str, sections: list[dict], figdir: Path) -> str | None:
