@@ -118,3 +118,24 @@ def test_the_report_shows_cdr_rounds(tmp_path):
     cdr = text[text.index("# CDR"):]
     assert "| 1 | 0.0350 | 0.0700 | 0.250 | 10 | 20 | 30 |" in cdr and "Round 0 equals the stored `kd`" in cdr
     assert (tmp_path / "figures" / "ext_engine_cdr.png").is_file()
+
+
+def test_cdr_rounds_are_cached_and_a_foreign_cache_is_refused(tmp_path):
+    """A killed CDR run resumes at the round after its last cached one (its student's weights and the rounds so
+    far); a cache written by another configuration is refused, naming the file."""
+    import torch
+
+    from reimpl.checkpoint import CheckpointError
+    from reimpl.extensions import cdr_engine as ce
+
+    student = torch.nn.Linear(3, 2)
+    ident = {"run": "x", "cdr": {"refine_rows": 4}}
+    hist = [{"round": 0, "test": {"ndcg": [0.1, 0.2]}}, {"round": 1, "test": {"ndcg": [0.1, 0.3]}}]
+    ce.save_round(tmp_path, 0, hist[:1], student, ident)
+    ce.save_round(tmp_path, 1, hist, student, ident)
+    got, state = ce.load_rounds(tmp_path, ident, max_round=3)
+    assert got == hist and torch.equal(state["weight"], student.weight)
+    assert ce.load_rounds(tmp_path, ident, max_round=0)[0] == hist[:1]   # a shorter run stops at its cap
+    assert ce.load_rounds(tmp_path / "none", ident, max_round=3) is None
+    with pytest.raises(CheckpointError, match="round1.ckpt: written by a different run"):
+        ce.load_rounds(tmp_path, {"run": "x", "cdr": {"refine_rows": 8}}, max_round=3)

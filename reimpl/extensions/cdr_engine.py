@@ -10,7 +10,9 @@ the stored record's, which the round record checks). Each round ``r >= 1``:
 3. re-export: the teacher's top-10 and confidences for every train row and its refined item table;
 4. distil a new student from that export (engine, the ``kd`` arm's configuration and seed).
 
-Rounds stop at ``rounds`` or once TEST NDCG@10 has not improved for ``patience`` rounds (saturation). Every round
+Rounds stop at ``rounds`` or once TEST NDCG@10 has not beaten every earlier round, round 0 included, for
+``patience`` rounds (saturation). Each finished round's student is cached (``runs/cdr/<run id>/round<r>.ckpt``):
+a killed run resumes at the next round. Every round
 is one record in ``results/extensions-cdr/`` (TEST metrics, the refinement's loss curve, the export's
 target-in-top-10 on the train rows, costs per phase); the round's export is a cache under ``runs/cdr/``. The
 teacher is rebuilt from the committed adapter (``results/teachers/<split>/<teacher>.adapter.safetensors``) and
@@ -30,6 +32,7 @@ import json
 import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -39,6 +42,7 @@ from reimpl.baselines import distilled as dz
 from reimpl.paths import ROOT, RUNS
 
 PLAN_NAME = "extensions-cdr"
+ROUND_KIND = "cdr-round"
 
 
 @dataclass(frozen=True)
@@ -112,6 +116,37 @@ def _student(run: dz.DistilledRun, data, log):
     return res, m
 
 
+def _identity(run: dz.DistilledRun, cfg: CDRConfig) -> dict:
+    """What a cached round must match: the kd run, its engine config and the refinement (not the round cap or the
+    patience, so a longer run reuses the rounds done)."""
+    c = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("rounds", "patience")}
+    return json.loads(json.dumps({"run": run.run_id, "engine": run.engine_config().as_dict(), "cdr": c}))
+
+
+def save_round(folder, r: int, history: list[dict], student, identity: dict):
+    """``round<r>.ckpt``: the rounds so far and round r's student (what round r + 1 starts from), atomically."""
+    from reimpl import checkpoint as ckpt_io
+
+    return ckpt_io.save(folder / f"round{r}.ckpt", {"identity": identity, "history": history,
+                                                     "student": student.state_dict()}, kind=ROUND_KIND)
+
+
+def load_rounds(folder, identity: dict, max_round: int):
+    """(history, student state) of the last cached round <= ``max_round``, or None; a cache of another run is
+    refused (CheckpointError naming the file and the differences)."""
+    from reimpl import checkpoint as ckpt_io
+
+    done = sorted((int(p.stem[5:]) for p in folder.glob("round*.ckpt") if p.stem[5:].isdigit()), reverse=True)
+    for r in done:
+        if r <= max_round:
+            path = folder / f"round{r}.ckpt"
+            ck = ckpt_io.load(path, kind=ROUND_KIND)
+            if ck["identity"] != identity:
+                ckpt_io.check_resume(path, ck["identity"], identity)
+            return ck["history"], ck["student"]
+    return None
+
+
 def _with_export(data, files):
     out = dataclasses.replace(data)
     out.candidates = torch.from_numpy(files.rank)
@@ -121,8 +156,11 @@ def _with_export(data, files):
 
 
 def run_cdr(dataset: str, model_name: str, seed: int, cfg: CDRConfig = CDRConfig(), store_root: str | None = None,
-            log=print) -> list[str]:
+            log=print, cache_root=None) -> list[str]:
+    """The CDR rounds of the ``kd`` run (dataset, model, seed); each finished round is cached in
+    ``runs/cdr/<run id>/round<r>.ckpt`` (its student), so a killed run resumes at the next round."""
     from reimpl.baselines.converged import best_row
+    from reimpl.dllm2rec.student import build_student
     from reimpl.results.store import Store, make_record
     from reimpl.teachers import e4srec
     from reimpl.teachers import export as ex
@@ -131,40 +169,56 @@ def run_cdr(dataset: str, model_name: str, seed: int, cfg: CDRConfig = CDRConfig
     plan = dz.PLANS[dataset]
     run = next(r for r in plan.runs() if r.model == model_name and r.arm == "kd" and r.seed == seed)
     data, digest, facts = dz.load(run.teacher, dataset, run.protocol())
-    store, paths, best, stale = Store(store_root), [], -1.0, 0
+    k10 = run.engine_config().student.topk.index(10)
+    store, paths, stale = Store(store_root), [], 0
     t0 = time.perf_counter()
-    res, student = _student(run, data, log)
-    stored = dz.records(store_root).get(run.run_id)
+    root = Path(cache_root) if cache_root is not None else RUNS / "cdr"
+    folder, identity = root / run.run_id, _identity(run, cfg)
+    cached = load_rounds(folder, identity, cfg.rounds)
+    if cached is None:
+        res, student = _student(run, data, log)
+        stored = dz.records(store_root).get(run.run_id)
+        same = None if stored is None else best_row(stored)["test"] == res["best"]["test"]
+        history = [{"round": 0, "test": best_row(res)["test"], "student_s": time.perf_counter() - t0,
+                    "matches_stored_kd_record": same}]
+        save_round(folder, 0, history, student, identity)
+    else:
+        history, state = cached
+        student = build_student(run.engine_config().student, data.item_num, data.seq_size)
+        student.load_state_dict(state)
+        log(f"CDR: rounds 0..{history[-1]['round']} from {folder}")
+    best = history[0]["test"]["ndcg"][k10]   # saturation: a round that does not beat every earlier one, round 0 too
+    for h in history[1:]:   # the stopping rule's state, replayed for cached rounds
+        stale = 0 if h["test"]["ndcg"][k10] > best else stale + 1
+        best = max(best, h["test"]["ndcg"][k10])
     base = {"run": run.run_id, "cdr": dataclasses.asdict(cfg), "engine": run.engine_config().as_dict()}
-    rec0 = {"round": 0, "test": best_row(res)["test"] if res["best"] else None, "student_s": time.perf_counter() - t0,
-            "matches_stored_kd_record": None if stored is None else best_row(stored)["test"] == res["best"]["test"]}
     teacher, d = build_teacher(dataset, run.teacher)
     if teacher.items.shape[1] != student.item_embeddings.weight.shape[1]:
         raise ValueError(f"CDR: the student's item width {student.item_embeddings.weight.shape[1]} (tuned point "
                          f"{run.overrides}) differs from the teacher's item table width {teacher.items.shape[1]}")
-    history = [rec0]
-    for r in range(1, cfg.rounds + 1):
+    for r in range(history[-1]["round"] + 1, cfg.rounds + 1):
+        if stale >= cfg.patience:
+            break
         t1 = time.perf_counter()
         with torch.no_grad():
             teacher.items.copy_(student.item_embeddings.weight[: teacher.item_num].to(teacher.items.dtype))
         curve = refine_items(teacher, d.train.seqs, d.train.next, d.item_num, cfg, log)
         t2 = time.perf_counter()
-        folder = RUNS / "cdr" / f"{run.run_id}__r{r}"
-        info = _export(str(folder), "export", lambda rows: e4srec.score_all(teacher, rows.seqs, d.item_num), d,
+        xfolder = root / f"{run.run_id}__r{r}"
+        info = _export(str(xfolder), "export", lambda rows: e4srec.score_all(teacher, rows.seqs, d.item_num), d,
                        teacher.items.detach(), {"teacher": f"{run.teacher}+cdr{r}", "round": r}, chunk=256)
-        files, _ = ex.read_compact(folder / "export.safetensors", d.item_num, n_train=len(d.train))
+        files, _ = ex.read_compact(xfolder / "export.safetensors", d.item_num, n_train=len(d.train))
         t3 = time.perf_counter()
         res, student = _student(run, _with_export(data, files), log)
         t4 = time.perf_counter()
-        ndcg10 = best_row(res)["test"]["ndcg"][2]
+        ndcg10 = best_row(res)["test"]["ndcg"][k10]
         history.append({"round": r, "test": best_row(res)["test"], "best_epoch": res["best_epoch"],
                         "refine_curve": curve, "export_target_in_top10": info["target_in_topk_all_items"],
                         "cost_s": {"refine": t2 - t1, "export": t3 - t2, "student": t4 - t3}})
         log(f"CDR round {r}: TEST NDCG@10 {ndcg10:.4f}")
+        save_round(folder, r, history, student, identity)
         stale = 0 if ndcg10 > best else stale + 1
         best = max(best, ndcg10)
-        if stale >= cfg.patience:
-            break
     rid = f"{run.run_id}__cdr{cfg.rounds}"
     rec = make_record(plan=PLAN_NAME, run_id=rid, config=base, data={"digest": digest, "facts": facts},
                       result={"history": history, "best_epoch": None, "stopped_early": len(history) <= cfg.rounds,
