@@ -81,8 +81,9 @@ def rows(folder: Path = ROOT / "results" / "teachers") -> list[dict]:
                 tps = sum(c["tokens"] for c in ch) / secs
                 layers = r["config"].get("llm_layers") or N_LAYERS
                 rows_done = sum(c["batches"] for c in ch) * r["config"]["batch_size"]
-                out.append({"teacher": name, "phase": f"train ({rows_done} of {r['train']['rows']} rows so far, "
-                            f"bf16 autocast, answer-only LM head)", "threads": ch[-1].get("threads", threads),
+                out.append({"teacher": name, "phase": f"train ({rows_done} of {r['train']['rows']} rows timed with "
+                            f"tokens{'' if r['train'].get('finished') else ', training unfinished'}, bf16 autocast, "
+                            "answer-only LM head)", "threads": ch[-1].get("threads", threads),
                             "tokens_per_s": tps, "rows_per_s": rows_done / secs, "layers": layers,
                             "gflops": tps * 2 * fwd_flops_per_token(layers) / 1e9, "command": cmd})
         elif r["method"] == "llamarec" and r.get("eval_tokens_per_s"):
