@@ -116,7 +116,7 @@ def test_the_report_shows_cdr_rounds(tmp_path):
     Store(str(tmp_path)).put(rec)
     text = et.report(("lastfm",), store_root=str(tmp_path), out=tmp_path / "r.md")
     cdr = text[text.index("# CDR"):]
-    assert "| 1 | 0.0350 | 0.0700 | 0.250 | 10 | 20 | 30 |" in cdr and "Round 0 equals the stored `kd`" in cdr
+    assert "| 1 | 0.0350 | 0.0700 | 0.250 | – | 10 | 20 | 30 |" in cdr and "Round 0 equals the stored `kd`" in cdr
     assert (tmp_path / "figures" / "ext_engine_cdr.png").is_file()
 
 

@@ -30,6 +30,7 @@ import argparse
 import dataclasses
 import hashlib
 import json
+import math
 import sys
 import time
 from dataclasses import dataclass
@@ -320,11 +321,19 @@ def cdr_rows(records: list[dict]) -> list[dict]:
     out = []
     for rec in sorted(records, key=lambda r: r["run_id"]):
         k = rec["config"]["engine"]["student"]["topk"].index(10)
+        facts = rec["data"].get("facts", {})
+        teacher = facts.get("teacher", {}).get("file")   # round 0 distils the committed export: its own rate
+        t_json = ROOT / teacher.replace(".safetensors", ".json") if teacher else None
+        t0 = (json.loads(t_json.read_text())["export"]["target_in_topk_all_items"]
+              if t_json is not None and t_json.is_file() else None)
         rounds = [{"round": h["round"], "ndcg10": h["test"]["ndcg"][k], "hr10": h["test"]["hr"][k],
-                   "target_in_top10": h.get("export_target_in_top10"), "cost": h.get("cost_s"),
-                   "same_as_kd": h.get("matches_stored_kd_record")} for h in rec["history"]]
+                   "target_in_top10": h.get("export_target_in_top10", t0 if h["round"] == 0 else None),
+                   "cost": h.get("cost_s"), "same_as_kd": h.get("matches_stored_kd_record"),
+                   "refine": (h["refine_curve"][:25], h["refine_curve"][-25:]) if h.get("refine_curve") else None}
+                  for h in rec["history"]]
         out.append({"run_id": rec["run_id"], "run": rec["config"]["run"], "cdr": rec["config"]["cdr"],
-                    "rounds": rounds, "wall_s": rec["timing"]["wall_s"]})
+                    "rounds": rounds, "wall_s": rec["timing"]["wall_s"], "n_items": facts.get("item_num"),
+                    "ln_items": math.log(facts["item_num"]) if facts.get("item_num") else None})
     return out
 
 
