@@ -108,8 +108,8 @@ def test_the_report_shows_cdr_rounds(tmp_path):
     history = [{"round": 0, "test": test, "matches_stored_kd_record": True},
                {"round": 1, "test": dict(test, ndcg=[0.01, 0.02, 0.035, 0.04]), "export_target_in_top10": 0.25,
                 "cost_s": {"refine": 10.0, "export": 20.0, "student": 30.0}}]
-    rec = make_record(plan="extensions-cdr", run_id="x__cdr2", config={
-        "run": "x", "cdr": {"refine_rows": 40, "refine_lr": 1e-3, "rounds": 2, "patience": 1},
+    rec = make_record(plan="extensions-cdr", run_id="d__SASRec__lr=1__kd__T__s1__cdr2", config={
+        "run": "d__SASRec__lr=1__kd__T__s1", "cdr": {"refine_rows": 40, "refine_lr": 1e-3, "rounds": 2, "patience": 1},
         "engine": {"student": {"topk": [1, 5, 10, 20]}}}, data={}, threads=1, wall_s=120.0,
         result={"history": history, "best_epoch": None, "stopped_early": True, "epochs_run": 1, "train_s": 1.0,
                 "eval_s": 0.0})
@@ -117,6 +117,7 @@ def test_the_report_shows_cdr_rounds(tmp_path):
     text = et.report(("lastfm",), store_root=str(tmp_path), out=tmp_path / "r.md")
     cdr = text[text.index("# CDR"):]
     assert "| 1 | 0.0350 | 0.0700 | 0.250 | – | 10 | 20 | 30 |" in cdr and "Round 0 equals the stored `kd`" in cdr
+    assert "| d | SASRec | 1 | 0.0300 | 0.0350 | 0.0050 | – |" in cdr   # one seed: no interval, no p
     assert (tmp_path / "figures" / "ext_engine_cdr.png").is_file()
 
 

@@ -249,7 +249,7 @@ def report(datasets: tuple = LOO_PLANS, store_root: str | None = None, out: Path
         part["reliability_fig"] = plot_reliability(part["dataset"], part["sections"], figdir)
     cdr = cdr_rows(Store(store_root).records("extensions-cdr"))
     text = template_env(Path(__file__).parent / "templates").get_template("engine_trial.md.j2").render(
-        parts=parts, n_trial=len(trial), cdr=cdr, cdr_fig=plot_cdr(cdr, figdir))
+        parts=parts, n_trial=len(trial), cdr=cdr, cdr_fig=plot_cdr(cdr, figdir), cdr_paired=cdr_paired(cdr))
     (out or REPORTS / "extensions_engine.md").write_text(text)
     return text
 
@@ -335,6 +335,18 @@ def cdr_rows(records: list[dict]) -> list[dict]:
                     "rounds": rounds, "wall_s": rec["timing"]["wall_s"], "n_items": facts.get("item_num"),
                     "ln_items": math.log(facts["item_num"]) if facts.get("item_num") else None})
     return out
+
+
+def cdr_paired(cdr: list[dict]) -> list[dict]:
+    """Per (split, student): round 1 minus round 0 TEST NDCG@10, paired by seed (:func:`dz.paired_delta`)."""
+    groups: dict = {}
+    for c in cdr:
+        split, model, *_, seed = c["run"].split("__")   # <split>__<model>__<tag>__kd__<teacher>__s<seed>
+        if len(c["rounds"]) > 1:
+            g = groups.setdefault((split, model), ({}, {}))
+            g[0][seed], g[1][seed] = c["rounds"][1]["ndcg10"], c["rounds"][0]["ndcg10"]
+    return [{"split": k[0], "model": k[1], "round0": ci95(list(v[1].values())), "round1": ci95(list(v[0].values())),
+             **dz.paired_delta(*v)} for k, v in sorted(groups.items())]
 
 
 def plot_cdr(cdr: list[dict], figdir: Path) -> str | None:
