@@ -122,3 +122,6 @@ def test_a_row_without_history_is_scored(lastfm):
     with torch.no_grad():
         sc = t.score_candidates(b, b["cans_name"], b["prompts"])
     assert sc.shape == (2, 20) and torch.isfinite(sc).all()
+    b["len_seq"][1] += 2   # a row with items claims more than it holds: still refused
+    with pytest.raises(ValueError, match="ILORA-INJECT-COUNT-MISMATCH"):
+        t.score_candidates(b, b["cans_name"], b["prompts"])

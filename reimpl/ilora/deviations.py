@@ -123,7 +123,8 @@ declare(Deviation(
     why="A prompt/sequence mismatch (e.g. a truncated prompt) feeds the LLM the raw [HistoryEmb] token "
         "embedding in place of an item.",
     fixed="The number of placeholders must equal min(len, number of items) per row; otherwise ValueError "
-          "naming the rows.",
+          "naming the rows. A history without any item counts 0: the data files give it len_seq 1 and its prompt "
+          "no placeholder, a row the reference skips (l.454), and so does fixed.",
     effect_note="Error path only; faithful truncation measured against the reference by the parity case "
                 "ilora.injection_mismatch.",
 ))

@@ -180,6 +180,8 @@ def wrap_emb(embed_tokens: nn.Module, rec: SASRec, projector: MlpProjector, ids:
     user = encode_users(rec, seq, len_seq, mode)
     n_his = len_seq
     if mode == "fixed":   # data files give an empty history len_seq 1; no placeholder (ref skips it, l.454)
-        n_his = torch.minimum(torch.as_tensor(len_seq), (seq != rec.config.item_num).sum(1).to(seq.device))
+        len_seq = torch.as_tensor(len_seq)
+        empty = (seq != rec.config.item_num).sum(1).to(len_seq.device) == 0
+        n_his = torch.where(empty, torch.zeros_like(len_seq), len_seq)
     out = inject_item_embeds(input_embeds, input_ids, ids, his, cans_e, item, n_his, len_cans, mode)
     return out, user
