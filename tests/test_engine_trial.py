@@ -140,3 +140,6 @@ def test_cdr_rounds_are_cached_and_a_foreign_cache_is_refused(tmp_path):
     assert ce.load_rounds(tmp_path / "none", ident, max_round=3) is None
     with pytest.raises(CheckpointError, match="round1.ckpt: written by a different run"):
         ce.load_rounds(tmp_path, {"run": "x", "cdr": {"refine_rows": 8}}, max_round=3)
+    # saturation: rounds after the last one that beat every earlier one, round 0 included
+    assert [ce.rounds_since_best(v) for v in ([0.2], [0.2, 0.1], [0.2, 0.3], [0.2, 0.2], [0.2, 0.3, 0.1, 0.3])] == \
+        [0, 1, 0, 1, 2]

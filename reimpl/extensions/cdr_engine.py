@@ -116,6 +116,12 @@ def _student(run: dz.DistilledRun, data, log):
     return res, m
 
 
+def rounds_since_best(ndcg10: list[float]) -> int:
+    """Rounds after the last one that beat every earlier round (round 0 included): the saturation count."""
+    best = max(range(len(ndcg10)), key=lambda i: (ndcg10[i], -i))   # the first round with the highest value
+    return len(ndcg10) - 1 - best
+
+
 def _identity(run: dz.DistilledRun, cfg: CDRConfig) -> dict:
     """What a cached round must match: the kd run, its engine config and the refinement (not the round cap or the
     patience, so a longer run reuses the rounds done)."""
@@ -170,7 +176,7 @@ def run_cdr(dataset: str, model_name: str, seed: int, cfg: CDRConfig = CDRConfig
     run = next(r for r in plan.runs() if r.model == model_name and r.arm == "kd" and r.seed == seed)
     data, digest, facts = dz.load(run.teacher, dataset, run.protocol())
     k10 = run.engine_config().student.topk.index(10)
-    store, paths, stale = Store(store_root), [], 0
+    store, paths = Store(store_root), []
     t0 = time.perf_counter()
     root = Path(cache_root) if cache_root is not None else RUNS / "cdr"
     folder, identity = root / run.run_id, _identity(run, cfg)
@@ -187,17 +193,13 @@ def run_cdr(dataset: str, model_name: str, seed: int, cfg: CDRConfig = CDRConfig
         student = build_student(run.engine_config().student, data.item_num, data.seq_size)
         student.load_state_dict(state)
         log(f"CDR: rounds 0..{history[-1]['round']} from {folder}")
-    best = history[0]["test"]["ndcg"][k10]   # saturation: a round that does not beat every earlier one, round 0 too
-    for h in history[1:]:   # the stopping rule's state, replayed for cached rounds
-        stale = 0 if h["test"]["ndcg"][k10] > best else stale + 1
-        best = max(best, h["test"]["ndcg"][k10])
     base = {"run": run.run_id, "cdr": dataclasses.asdict(cfg), "engine": run.engine_config().as_dict()}
     teacher, d = build_teacher(dataset, run.teacher)
     if teacher.items.shape[1] != student.item_embeddings.weight.shape[1]:
         raise ValueError(f"CDR: the student's item width {student.item_embeddings.weight.shape[1]} (tuned point "
                          f"{run.overrides}) differs from the teacher's item table width {teacher.items.shape[1]}")
     for r in range(history[-1]["round"] + 1, cfg.rounds + 1):
-        if stale >= cfg.patience:
+        if rounds_since_best([h["test"]["ndcg"][k10] for h in history]) >= cfg.patience:
             break
         t1 = time.perf_counter()
         with torch.no_grad():
@@ -211,14 +213,12 @@ def run_cdr(dataset: str, model_name: str, seed: int, cfg: CDRConfig = CDRConfig
         t3 = time.perf_counter()
         res, student = _student(run, _with_export(data, files), log)
         t4 = time.perf_counter()
-        ndcg10 = best_row(res)["test"]["ndcg"][k10]
-        history.append({"round": r, "test": best_row(res)["test"], "best_epoch": res["best_epoch"],
+        test = best_row(res)["test"]
+        history.append({"round": r, "test": test, "best_epoch": res["best_epoch"],
                         "refine_curve": curve, "export_target_in_top10": info["target_in_topk_all_items"],
                         "cost_s": {"refine": t2 - t1, "export": t3 - t2, "student": t4 - t3}})
-        log(f"CDR round {r}: TEST NDCG@10 {ndcg10:.4f}")
+        log(f"CDR round {r}: TEST NDCG@10 {test['ndcg'][k10]:.4f}")
         save_round(folder, r, history, student, identity)
-        stale = 0 if ndcg10 > best else stale + 1
-        best = max(best, ndcg10)
     rid = f"{run.run_id}__cdr{cfg.rounds}"
     rec = make_record(plan=PLAN_NAME, run_id=rid, config=base, data={"digest": digest, "facts": facts},
                       result={"history": history, "best_epoch": None, "stopped_early": len(history) <= cfg.rounds,

@@ -318,14 +318,16 @@ def contrasts(per_arm: dict) -> list[dict]:
 def cdr_rows(records: list[dict]) -> list[dict]:
     """One entry per CDR record (``reimpl.extensions.cdr_engine``): its run, and per round TEST NDCG@10 / HR@10,
     the export's target-in-top-10 on the train rows and the cost of each phase (s)."""
-    out = []
+    out, rate = [], {}
     for rec in sorted(records, key=lambda r: r["run_id"]):
         k = rec["config"]["engine"]["student"]["topk"].index(10)
         facts = rec["data"].get("facts", {})
         teacher = facts.get("teacher", {}).get("file")   # round 0 distils the committed export: its own rate
-        t_json = ROOT / teacher.replace(".safetensors", ".json") if teacher else None
-        t0 = (json.loads(t_json.read_text())["export"]["target_in_topk_all_items"]
-              if t_json is not None and t_json.is_file() else None)
+        if teacher and teacher not in rate:   # one read per teacher, not per record
+            t_json = ROOT / teacher.replace(".safetensors", ".json")
+            rate[teacher] = (json.loads(t_json.read_text())["export"]["target_in_topk_all_items"]
+                             if t_json.is_file() else None)
+        t0 = rate.get(teacher)
         rounds = [{"round": h["round"], "ndcg10": h["test"]["ndcg"][k], "hr10": h["test"]["hr"][k],
                    "target_in_top10": h.get("export_target_in_top10", t0 if h["round"] == 0 else None),
                    "cost": h.get("cost_s"), "same_as_kd": h.get("matches_stored_kd_record"),
