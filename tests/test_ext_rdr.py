@@ -86,6 +86,11 @@ def test_cache_resume_and_vector_store(tmp_path, monkeypatch):
     with open(tmp_path / CACHE_FILE, "a") as f:
         f.write('{"row": 11, "key"')
     assert set(read_cache(tmp_path / CACHE_FILE)) == {5, 7, 9}
+    # resuming after it cuts the unfinished line instead of gluing the next record to it
+    r3 = generate_rationales([11], [prompts[1] + "?"], tmp_path, model=model, tokenizer=tok, model_id="tiny",
+                             gen=gp, progress=False)
+    assert set(read_cache(tmp_path / CACHE_FILE)) == {5, 7, 9, 11} and r3[11]["prompt"].endswith("?")
+    assert len((tmp_path / CACHE_FILE).read_text().splitlines()) == 5
     enc = FakeEncoder()
     vec, index = build_vector_store(r2, tmp_path / "store", encoder=enc)
     assert vec.shape == (2, 3) and index["rows"] == [5, 9]

