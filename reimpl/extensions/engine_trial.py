@@ -59,8 +59,17 @@ ARMS = {
     "kd-no-rank": ("kd", {"selection": {"policy": "const", "output": "weight", "value": 0.0}},
                    "`dllm2rec` without its ranking distillation (weights times 0): DRO on the target and the "
                    "teacher-embedding injection only"),
+    "kd-half": ("kd", {"selection": {"policy": "const", "output": "weight", "value": 0.5}},
+                "`dllm2rec`, distillation weights of every row times 0.5 (the control for `sel-kl-high`: as "
+                "much distillation, not selective)"),
     "uamd-exp": ("kd", {"uamd": {"enabled": True, "fn": "exp"}},
                  "`dllm2rec`, distillation weights of a row times exp(-u / median u), mean-normalised"),
+    "uamd-inverse": ("kd", {"uamd": {"enabled": True, "fn": "inverse"}},
+                     "`dllm2rec`, distillation weights of a row times 1 / (1 + u / median u), mean-normalised"),
+    "uamd-gt-first": ("kd", {"uamd": {"enabled": True, "fn": "threshold"}},
+                      "`dllm2rec`, but a row whose uncertainty is above the median learns from its ground truth "
+                      "only (the seed's \"ground truth first when uncertain\"; the kept rows' weights are "
+                      "mean-normalised, so as much distillation as `dllm2rec`)"),
     "dro-only": ("plain", {}, "`plain` + DLLM2Rec's DRO term on the target (alpha 1): no teacher at all"),
     "emb-only": ("kd", {}, "`plain` + DLLM2Rec's teacher-embedding injection (ed_weight 0.2): no ranking, no DRO"),
     "rdr": ("kd", {"rdr": {"enabled": True, "lam": 0.5}},
@@ -76,7 +85,9 @@ CONTRASTS = (("dro-only", "plain", "DRO alone (no teacher)"),
              ("kd-no-rank", "dro-only", "the teacher's item embeddings, on top of DRO"),
              ("dllm2rec", "kd-no-rank", "the teacher's ranking distillation, on top of DRO and the embeddings"),
              ("sel-gt-error", "sel-gt-mean", "choosing rows by p_teacher(target), at the same distillation mass"),
-             ("uamd-exp", "dllm2rec", "UAMD's uncertainty weights on the ranking distillation"))
+             ("sel-kl-high", "kd-half", "choosing the half of each batch by KL, at the same distillation mass"),
+             ("uamd-exp", "dllm2rec", "UAMD's uncertainty weights on the ranking distillation"),
+             ("uamd-gt-first", "dllm2rec", "no distillation on the uncertain rows, at the same distillation mass"))
 RATIONALE_GEN = {"max_new_tokens": 32, "batch_size": 16}
 TEMPLATES = Path(__file__).parent / "templates"
 TRAINED = tuple(a for a, (_, ext, _) in ARMS.items() if ext is not None)
