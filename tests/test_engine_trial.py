@@ -117,7 +117,7 @@ def test_the_report_shows_cdr_rounds(tmp_path):
     text = et.report(("lastfm",), store_root=str(tmp_path), out=tmp_path / "r.md")
     cdr = text[text.index("# CDR"):]
     assert "| 1 | 0.0350 | 0.0700 | 0.250 | – | 10 | 20 | 30 |" in cdr and "Round 0 equals the stored `kd`" in cdr
-    assert "| d | SASRec | 1 | 0.0300 | 0.0350 | 0.0050 | – |" in cdr   # one seed: no interval, no p
+    assert "| d | SASRec | copy | 1 | 0.0300 | 0.0350 | 0.0050 | – |" in cdr   # one seed: no interval, no p
     assert (tmp_path / "figures" / "ext_engine_cdr.png").is_file()
 
 
@@ -143,3 +143,29 @@ def test_cdr_rounds_are_cached_and_a_foreign_cache_is_refused(tmp_path):
     # saturation: rounds after the last one that beat every earlier one, round 0 included
     assert [ce.rounds_since_best(v) for v in ([0.2], [0.2, 0.1], [0.2, 0.3], [0.2, 0.2], [0.2, 0.3, 0.1, 0.3])] == \
         [0, 1, 0, 1, 2]
+
+
+def test_cdr_align_maps_the_student_table_onto_the_teachers():
+    """init=align: an affine image of the teacher's table is mapped back exactly (R^2 1); noise lowers R^2; a
+    default (copy) config keeps the identity of the rounds cached before ``init`` existed."""
+    import torch
+
+    from reimpl.extensions import cdr_engine as ce
+
+    g = torch.Generator().manual_seed(0)
+    t = torch.randn(50, 4, generator=g)
+    a = torch.randn(4, 4, generator=g, dtype=torch.float64)
+    s = (t.double() @ a + 3.0).float()
+    fit, r2 = ce.align_items(s, t)
+    assert fit.dtype == t.dtype and r2 == pytest.approx(1.0, abs=1e-9)
+    torch.testing.assert_close(fit, t, atol=1e-4, rtol=0)
+    _, r2_noise = ce.align_items(torch.randn(50, 4, generator=g), t)
+    assert 0.0 <= r2_noise < 0.5
+    with pytest.raises(ValueError, match="same I"):
+        ce.align_items(s[:10], t)
+    with pytest.raises(ValueError, match="init must be one of"):
+        ce.CDRConfig(init="mean")
+    assert ce.CDRConfig().suffix == "" and ce.CDRConfig(init="align").suffix == "-align"
+    run = type("R", (), {"run_id": "x", "engine_config": lambda self: type("E", (), {"as_dict": lambda s: {}})()})()
+    assert "init" not in ce._identity(run, ce.CDRConfig())["cdr"]
+    assert ce._identity(run, ce.CDRConfig(init="align"))["cdr"]["init"] == "align"

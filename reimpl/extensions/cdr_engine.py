@@ -4,7 +4,10 @@ Round 0 is the distilled plan's ``kd`` student (re-trained here with its weights
 the stored record's, which the round record checks). Each round ``r >= 1``:
 
 1. initialise the teacher's item table from the previous round's student (``E4SRec.items <- student item
-   embeddings``, both ``[I, 64]``);
+   embeddings``, both ``[I, 64]``). ``init="copy"`` is the seed's step as written; ``init="align"`` first maps the
+   student's table into the teacher's item space (:func:`align_items`: the least-squares affine map ``S W + b``
+   closest to the teacher's current table), because the copy starts the refinement above uniform CE (the
+   teacher's projection was trained on its own table, not on the student's coordinates);
 2. fine-tune only that table, the LLM, its LoRA and the projections frozen (reverse distillation: the teacher
    adapts to the student's item space), CE over all items on ``refine_rows`` seeded train rows;
 3. re-export: the teacher's top-10 and confidences for every train row and its refined item table;
@@ -21,7 +24,7 @@ the frozen SmolLM2.
 Usage::
 
     python -m reimpl.extensions.cdr_engine --dataset ml100k-loo --model SASRec --seed 1 [--rounds 3]
-        [--refine-rows 4000] [--commit]
+        [--refine-rows 4000] [--init copy|align] [--commit]
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ from reimpl.paths import ROOT, RUNS
 
 PLAN_NAME = "extensions-cdr"
 ROUND_KIND = "cdr-round"
+INITS = ("copy", "align")
 
 
 @dataclass(frozen=True)
@@ -53,6 +57,30 @@ class CDRConfig:
     refine_lr: float = 1e-3
     refine_batch: int = 16
     refine_seed: int = 0
+    init: str = "copy"           # copy | align (module docstring, step 1)
+
+    def __post_init__(self) -> None:
+        if self.init not in INITS:
+            raise ValueError(f"CDRConfig.init must be one of {INITS}, got {self.init!r}")
+
+    @property
+    def suffix(self) -> str:
+        """What the run id and cache folders add for a non-default init ('' for the seed's copy)."""
+        return "" if self.init == "copy" else f"-{self.init}"
+
+
+def align_items(student: torch.Tensor, teacher: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """``(S W + b, R^2)``: the student's item table ``S [I, D]`` mapped by the affine least-squares fit onto the
+    teacher's table ``T [I, D']`` (float64 solve, returned in T's dtype), and the fit's R^2 over all of T."""
+    if student.dim() != 2 or teacher.dim() != 2 or student.size(0) != teacher.size(0):
+        raise ValueError(f"align_items: tables must be [I, D] and [I, D'] with the same I, got "
+                         f"{tuple(student.shape)} and {tuple(teacher.shape)}")
+    s = torch.cat([student.double(), torch.ones(student.size(0), 1, dtype=torch.float64)], 1)
+    t = teacher.double()
+    w = torch.linalg.lstsq(s, t).solution
+    fit = s @ w
+    r2 = 1.0 - float(((t - fit) ** 2).sum() / ((t - t.mean(0)) ** 2).sum().clamp_min(1e-300))
+    return fit.to(teacher.dtype), r2
 
 
 def refine_items(model, seqs: np.ndarray, target: np.ndarray, item_num_pad: int, cfg: CDRConfig,
@@ -125,7 +153,8 @@ def rounds_since_best(ndcg10: list[float]) -> int:
 def _identity(run: dz.DistilledRun, cfg: CDRConfig) -> dict:
     """What a cached round must match: the kd run, its engine config and the refinement (not the round cap or the
     patience, so a longer run reuses the rounds done)."""
-    c = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("rounds", "patience")}
+    c = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("rounds", "patience")
+         and not (k == "init" and v == "copy")}   # records cached before ``init`` existed stay valid
     return json.loads(json.dumps({"run": run.run_id, "engine": run.engine_config().as_dict(), "cdr": c}))
 
 
@@ -179,8 +208,12 @@ def run_cdr(dataset: str, model_name: str, seed: int, cfg: CDRConfig = CDRConfig
     store, paths = Store(store_root), []
     t0 = time.perf_counter()
     root = Path(cache_root) if cache_root is not None else RUNS / "cdr"
-    folder, identity = root / run.run_id, _identity(run, cfg)
+    folder, identity = root / f"{run.run_id}{cfg.suffix}", _identity(run, cfg)
     cached = load_rounds(folder, identity, cfg.rounds)
+    if cached is None and cfg.suffix:   # round 0 (the kd student) does not depend on the init: reuse the copy run's
+        plain = dataclasses.replace(cfg, init="copy")
+        if (root / run.run_id / "round0.ckpt").is_file():
+            cached = load_rounds(root / run.run_id, _identity(run, plain), 0)
     if cached is None:
         res, student = _student(run, data, log)
         stored = dz.records(store_root).get(run.run_id)
@@ -202,11 +235,16 @@ def run_cdr(dataset: str, model_name: str, seed: int, cfg: CDRConfig = CDRConfig
         if rounds_since_best([h["test"]["ndcg"][k10] for h in history]) >= cfg.patience:
             break
         t1 = time.perf_counter()
+        fit = None
         with torch.no_grad():
-            teacher.items.copy_(student.item_embeddings.weight[: teacher.item_num].to(teacher.items.dtype))
+            table = student.item_embeddings.weight[: teacher.item_num]
+            if cfg.init == "align":
+                table, fit = align_items(table, teacher.items)
+                log(f"CDR round {r}: student table aligned to the teacher's, R^2 {fit:.3f}")
+            teacher.items.copy_(table.to(teacher.items.dtype))
         curve = refine_items(teacher, d.train.seqs, d.train.next, d.item_num, cfg, log)
         t2 = time.perf_counter()
-        xfolder = root / f"{run.run_id}__r{r}"
+        xfolder = root / f"{run.run_id}{cfg.suffix}__r{r}"
         info = _export(str(xfolder), "export", lambda rows: e4srec.score_all(teacher, rows.seqs, d.item_num), d,
                        teacher.items.detach(), {"teacher": f"{run.teacher}+cdr{r}", "round": r}, chunk=256)
         files, _ = ex.read_compact(xfolder / "export.safetensors", d.item_num, n_train=len(d.train))
@@ -216,10 +254,11 @@ def run_cdr(dataset: str, model_name: str, seed: int, cfg: CDRConfig = CDRConfig
         test = best_row(res)["test"]
         history.append({"round": r, "test": test, "best_epoch": res["best_epoch"],
                         "refine_curve": curve, "export_target_in_top10": info["target_in_topk_all_items"],
+                        **({} if fit is None else {"align_r2": fit}),
                         "cost_s": {"refine": t2 - t1, "export": t3 - t2, "student": t4 - t3}})
         log(f"CDR round {r}: TEST NDCG@10 {test['ndcg'][k10]:.4f}")
         save_round(folder, r, history, student, identity)
-    rid = f"{run.run_id}__cdr{cfg.rounds}"
+    rid = f"{run.run_id}__cdr{cfg.rounds}{cfg.suffix}"
     rec = make_record(plan=PLAN_NAME, run_id=rid, config=base, data={"digest": digest, "facts": facts},
                       result={"history": history, "best_epoch": None, "stopped_early": len(history) <= cfg.rounds,
                               "epochs_run": len(history) - 1, "train_s": time.perf_counter() - t0, "eval_s": 0.0},
@@ -235,11 +274,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--refine-rows", type=int, default=4000)
+    ap.add_argument("--init", choices=INITS, default="copy")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--commit", action="store_true")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
-    for p in run_cdr(a.dataset, a.model, a.seed, CDRConfig(rounds=a.rounds, refine_rows=a.refine_rows)):
+    for p in run_cdr(a.dataset, a.model, a.seed, CDRConfig(rounds=a.rounds, refine_rows=a.refine_rows,
+                                                            init=a.init)):
         print(f"finished {p}")
         if a.commit:
             from reimpl.results.runs import git_commit

@@ -356,10 +356,10 @@ def cdr_paired(cdr: list[dict]) -> list[dict]:
     for c in cdr:
         split, model, *_, seed = c["run"].split("__")   # <split>__<model>__<tag>__kd__<teacher>__s<seed>
         if len(c["rounds"]) > 1:
-            g = groups.setdefault((split, model), ({}, {}))
+            g = groups.setdefault((split, model, c["cdr"].get("init", "copy")), ({}, {}))
             g[0][seed], g[1][seed] = c["rounds"][1]["ndcg10"], c["rounds"][0]["ndcg10"]
-    return [{"split": k[0], "model": k[1], "round0": ci95(list(v[1].values())), "round1": ci95(list(v[0].values())),
-             **dz.paired_delta(*v)} for k, v in sorted(groups.items())]
+    return [{"split": k[0], "model": k[1], "init": k[2], "round0": ci95(list(v[1].values())),
+             "round1": ci95(list(v[0].values())), **dz.paired_delta(*v)} for k, v in sorted(groups.items())]
 
 
 def plot_cdr(cdr: list[dict], figdir: Path) -> str | None:
