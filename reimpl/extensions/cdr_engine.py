@@ -25,6 +25,7 @@ Usage::
 
     python -m reimpl.extensions.cdr_engine --dataset ml100k-loo --model SASRec --seed 1 [--rounds 3]
         [--refine-rows 4000] [--init copy|align] [--commit]
+    python -m reimpl.extensions.cdr_engine --dataset ml100k-loo --seed 1 --probe   # CE of each init, no training
 """
 
 from __future__ import annotations
@@ -267,6 +268,36 @@ def run_cdr(dataset: str, model_name: str, seed: int, cfg: CDRConfig = CDRConfig
     return paths
 
 
+def probe_init(dataset: str, model_name: str, seed: int, n_rows: int = 96, cache_root=None, log=print) -> dict:
+    """CE over all items of the frozen teacher on ``n_rows`` seeded train rows with its own item table, the copied
+    student table and the aligned one (round 0's cached student): what each init starts the refinement from."""
+    from reimpl import checkpoint as ckpt_io
+    from reimpl.dllm2rec.student import build_student
+
+    plan = dz.PLANS[dataset]
+    run = next(r for r in plan.runs() if r.model == model_name and r.arm == "kd" and r.seed == seed)
+    path = (Path(cache_root) if cache_root is not None else RUNS / "cdr") / run.run_id / "round0.ckpt"
+    if not path.is_file():
+        raise FileNotFoundError(f"probe_init: {path} is missing (run the CDR rounds of seed {seed} first)")
+    teacher, d = build_teacher(dataset, run.teacher)
+    data, _, _ = dz.load(run.teacher, dataset, run.protocol())
+    student = build_student(run.engine_config().student, data.item_num, data.seq_size)
+    student.load_state_dict(ckpt_io.load(path, kind=ROUND_KIND)["student"])
+    own = teacher.items.detach().clone()
+    table = student.item_embeddings.weight[: teacher.item_num].detach().to(own.dtype)
+    aligned, r2 = align_items(table, own)
+    rows = np.random.default_rng(seed).choice(len(d.train.next), min(n_rows, len(d.train.next)), replace=False)
+    out = {"rows": len(rows), "uniform": float(np.log(d.item_num)), "align_r2": r2}
+    with torch.no_grad():
+        for name, t in (("own", own), ("copy", table), ("align", aligned)):
+            teacher.items.copy_(t)
+            logits = teacher(torch.as_tensor(d.train.seqs[rows], dtype=torch.long), d.item_num)
+            out[f"ce_{name}"] = F.cross_entropy(logits, torch.as_tensor(d.train.next[rows], dtype=torch.long)).item()
+        teacher.items.copy_(own)
+    log(json.dumps(out))
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m reimpl.extensions.cdr_engine", description=__doc__.splitlines()[0])
     ap.add_argument("--dataset", default="ml100k-loo", choices=[k for k in dz.PLANS if k != "lastfm"])
@@ -277,8 +308,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--init", choices=INITS, default="copy")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--commit", action="store_true")
+    ap.add_argument("--probe", action="store_true", help="only print the teacher's CE with its own, the copied and "
+                    "the aligned item table (probe_init)")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
+    if a.probe:
+        probe_init(a.dataset, a.model, a.seed)
+        return 0
     for p in run_cdr(a.dataset, a.model, a.seed, CDRConfig(rounds=a.rounds, refine_rows=a.refine_rows,
                                                             init=a.init)):
         print(f"finished {p}")
