@@ -201,9 +201,75 @@ def run_one(run: TrialRun, store_root: str | None = None, threads: int = 1,
     if ext.selection.policy == "gt_mean":    # the constant is derived from the teacher export: record it
         facts = {**facts, "gt_mean_value": ext.selection.value}
 
+    finish = add_selected_rows(ecfg, data)
+    if ext.rdr.enabled:   # the rationale view of the selected student, for the RDR figure
+        finish = _with_view(finish, ecfg, data, ext.rdr.store)
     return train_record(PLAN_NAME, run.run_id, run.config(), digest, {"facts": facts}, ecfg, data,
                         store_root=store_root, runs_root=runs_root or RUNS / PLAN_NAME, threads=threads,
-                        hooks=hooks, finish=add_selected_rows(ecfg, data))
+                        hooks=hooks, finish=finish)
+
+
+def _with_view(finish, ecfg, data, store: str):
+    """``finish`` that also stores the selected student's rationale view (:mod:`reimpl.extensions.rdr_view`)."""
+    from reimpl.dllm2rec.student import build_student
+    from reimpl.extensions.rdr_view import student_view
+
+    def both(res: dict, rec: dict) -> None:
+        m = build_student(ecfg.student, data.item_num, data.seq_size)
+        m.load_state_dict(res["best_state"])
+        rec["rdr_view"] = student_view(m, data, ecfg.student.ed_weight, store)
+        finish(res, rec)
+    return both
+
+
+VIEWS = "extensions-views"
+
+
+def view_path(run_id: str, store_root: str | None = None) -> Path:
+    return Path(store_root or ROOT / "results") / VIEWS / f"{run_id}.json"
+
+
+def view_baseline(dataset: str, arm: str, seed: int, model: str = "SASRec", store_root: str | None = None) -> Path:
+    """The rationale view of a stored ``plain`` / ``dllm2rec`` run (no RDR term), for the RDR figure: the run is
+    trained again (the engine is deterministic) and must give the stored record's history epoch by epoch
+    (:class:`RecordMismatch` otherwise, nothing written); writes ``results/extensions-views/<run id>.json``."""
+    from reimpl.dllm2rec.student import build_student
+    from reimpl.engine.train import train
+    from reimpl.extensions.rdr_view import student_view
+    from reimpl.results.store import RecordMismatch, code_version
+
+    if arm not in ("plain", "dllm2rec"):
+        raise ValueError(f"view_baseline: arm must be plain or dllm2rec (an RDR arm keeps its view in its record), "
+                         f"got {arm!r}")
+    b_arm = ARMS[arm][0]
+    run = next((r for r in dz.PLANS[dataset].runs() if r.model == model and r.arm == b_arm and r.seed == seed), None)
+    if run is None:
+        raise ValueError(f"view_baseline: plan {dataset} has no {model} {b_arm} run with seed {seed}")
+    stored = dz.records(store_root).get(run.run_id)
+    if stored is None:
+        raise ValueError(f"view_baseline: {run.run_id} has no record yet (python -m reimpl.baselines.distilled run)")
+    store, key = vector_store(dataset)
+    data, _, _ = dz.load(run.teacher if b_arm == "kd" else None, dataset, run.protocol())
+    ecfg = run.engine_config()
+    t0 = time.perf_counter()
+    res = train(ecfg, data, keep_best=True)
+    keys = ("epoch", "loss", "val", "test")
+    a = [{k: h.get(k) for k in keys} for h in stored["history"]]
+    b = [{k: h.get(k) for k in keys} for h in json.loads(json.dumps(res["history"]))]
+    if a != b:
+        raise RecordMismatch(f"view_baseline: training {run.run_id} again gave another history than its record")
+    m = build_student(ecfg.student, data.item_num, data.seq_size)
+    m.load_state_dict(res["best_state"])
+    out = {"run_id": run.run_id, "dataset": dataset, "arm": arm, "model": model, "seed": seed,
+           "rationales": {"store": store, "sha256": key}, "identical_history": True, "code": code_version(),
+           "wall_s": round(time.perf_counter() - t0, 1),
+           "rdr_view": student_view(m, data, ecfg.student.ed_weight, ROOT / store)}
+    path = view_path(run.run_id, store_root)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(out, separators=(",", ":")))
+    tmp.replace(path)
+    return path
 
 
 def _ensemble_uncertainty(b, n: int, digest: str, facts: dict):
@@ -253,11 +319,12 @@ def report(datasets: tuple = LOO_PLANS, store_root: str | None = None, out: Path
     trial = {r["run_id"]: r for r in Store(store_root).records(PLAN_NAME)}
     base = dz.records(store_root)
     conv = records_by_id(store_root)
-    parts = [{"dataset": d, "plan": dz.PLANS[d], "sections": _sections(dz.PLANS[d], trial, base, tuned, conv)}
-             for d in datasets]
+    parts = [{"dataset": d, "plan": dz.PLANS[d],
+              "sections": _sections(dz.PLANS[d], trial, base, tuned, conv, store_root)} for d in datasets]
     figdir = (out.parent if out else REPORTS) / "figures"
     for part in parts:
         part["reliability_fig"] = plot_reliability(part["dataset"], part["sections"], figdir)
+        part["rdr_fig"] = plot_views(part["dataset"], part["sections"], figdir)
     cdr = cdr_rows(Store(store_root).records("extensions-cdr"))
     text = template_env(Path(__file__).parent / "templates").get_template("engine_trial.md.j2").render(
         parts=parts, n_trial=len(trial), cdr=cdr, cdr_fig=plot_cdr(cdr, figdir), cdr_paired=cdr_paired(cdr))
@@ -275,7 +342,8 @@ def _trial_record(trial: dict, run: TrialRun) -> dict | None:
     return next((r for r in trial.values() if r.get("config") == cfg), None)
 
 
-def _sections(plan, trial: dict, base: dict, tuned: dict | None, converged: dict | None = None) -> list[dict]:
+def _sections(plan, trial: dict, base: dict, tuned: dict | None, converged: dict | None = None,
+              store_root: str | None = None) -> list[dict]:
     from reimpl.extensions.buckets import pooled_reliability
 
     runs = plan.runs(tuned)
@@ -309,8 +377,55 @@ def _sections(plan, trial: dict, base: dict, tuned: dict | None, converged: dict
         ref = softmax_reference(runs[0].dataset if runs else "", m, per_arm, converged)
         sections.append({"model": m, "rows": rows, "softmax": ref, "contrasts": contrasts(per_arm),
                          "buckets": bucket_rows(per_arm, split_targets(runs[0]) if runs else None),
-                         "reliability": pooled_reliability(per_arm)})
+                         "reliability": pooled_reliability(per_arm), "views": rationale_views(per_arm, store_root)})
     return sections
+
+
+def rationale_views(per_arm: dict, store_root: str | None = None) -> list[dict]:
+    """Per arm with rationale views (an RDR arm's records; a plain / dllm2rec run's view file): silhouette and
+    10-NN agreement over seeds, chance, and the lowest seed's points for the figure."""
+    out = []
+    for arm, seeds in per_arm.items():
+        views = {}
+        for seed, rec in sorted(seeds.items()):
+            v = rec.get("rdr_view")
+            if v is None:
+                p = view_path(rec["run_id"], store_root)
+                v = json.loads(p.read_text())["rdr_view"] if p.is_file() else None
+            if v is not None:
+                views[seed] = v
+        if views:
+            first = views[min(views)]
+            out.append({"arm": arm, "n": len(views), "seeds": sorted(views),
+                        "silhouette": ci95([v["silhouette"] for v in views.values()]),
+                        "knn": ci95([v["knn_agree"] for v in views.values()]), "chance": first["knn_chance"],
+                        "k": first["k"], "rows": first["rows"], "points": first["points"], "seed": min(views)})
+    return out
+
+
+def plot_views(dataset: str, sections: list[dict], figdir: Path) -> str | None:
+    """``ext_engine_rdr_<dataset>.png``: t-SNE of each arm's representations (lowest seed with a view), coloured by
+    rationale cluster; None without views."""
+    panels = [(sec["model"], v) for sec in sections for v in sec.get("views", [])]
+    if not panels:
+        return None
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figdir.mkdir(parents=True, exist_ok=True)
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.3), squeeze=False)
+    for ax, (model, v) in zip(axes[0], panels):
+        xy = np.asarray(v["points"]["xy"])
+        ax.scatter(xy[:, 0], xy[:, 1], c=v["points"]["label"], cmap="tab10", s=3, vmin=0, vmax=9)
+        ax.set_title(f"{model} {v['arm']} (seed {v['seed']})\nsilhouette {v['silhouette'][0]:.3f}", fontsize=8)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.tight_layout()
+    name = f"ext_engine_rdr_{dataset}.png"
+    fig.savefig(figdir / name, dpi=110)
+    plt.close(fig)
+    return name
 
 
 def contrasts(per_arm: dict) -> list[dict]:
@@ -506,11 +621,31 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--fraction", type=float, default=0.1)
     g.add_argument("--max-rows", type=int, default=None, help="at most this many new rationales in this call")
     g.add_argument("--commit", action="store_true")
+    v = sub.add_parser("view", help="the rationale view of a stored plain / dllm2rec run (trained again, checked)")
+    v.add_argument("--dataset", choices=tuple(dz.PLANS), default="lastfm-loo")
+    v.add_argument("--arm", choices=("plain", "dllm2rec"), action="append")
+    v.add_argument("--model", default="SASRec")
+    v.add_argument("--seed", type=int, action="append")
+    v.add_argument("--threads", type=int, default=1)
+    v.add_argument("--commit", action="store_true")
     rp = sub.add_parser("report")
     rp.add_argument("--dataset", action="append", choices=tuple(dz.PLANS), help="default: every LOO plan")
     a = ap.parse_args(argv)
     if a.cmd == "report":
         print(report(tuple(a.dataset or LOO_PLANS)))
+        return 0
+    if a.cmd == "view":
+        import torch
+
+        torch.set_num_threads(a.threads)
+        for arm in a.arm or ("plain", "dllm2rec"):
+            for seed in a.seed or (1,):
+                p = view_baseline(a.dataset, arm, seed, a.model)
+                print(f"finished {p}")
+                if a.commit:
+                    from reimpl.results.runs import git_commit
+
+                    git_commit(str(p))
         return 0
     if a.cmd == "rationales":
         generate(a.dataset, a.fraction, a.max_rows)
