@@ -308,6 +308,16 @@ def verdict(delta: dict, p_adj: float, against: str) -> str:
 
 
 LOO_PLANS = tuple(k for k in dz.PLANS if k != "lastfm")
+# the report's verdict per method: (method, arm, against); the Δ and Holm p come from the arm's row (against
+# dllm2rec / plain, Holm over the arms of a student) or from :data:`CONTRASTS` (Holm over the contrasts)
+SUMMARY = (("DLLM2Rec's distillation", "dllm2rec", "plain"),
+           ("UAMD, w(u) = exp(-u / median)", "uamd-exp", "dllm2rec"),
+           ("UAMD, w(u) = 1 / (1 + u / median)", "uamd-inverse", "dllm2rec"),
+           ("UAMD, ground truth first when uncertain", "uamd-gt-first", "dllm2rec"),
+           ("selection by KL (half of each batch)", "sel-kl-high", "kd-half"),
+           ("selection by the teacher's ground-truth error", "sel-gt-error", "sel-gt-mean"),
+           ("RDR on top of DLLM2Rec", "rdr", "dllm2rec"),
+           ("RDR alone", "rdr-only", "plain"))
 
 
 def report(datasets: tuple = LOO_PLANS, store_root: str | None = None, out: Path | None = None,
@@ -326,10 +336,40 @@ def report(datasets: tuple = LOO_PLANS, store_root: str | None = None, out: Path
         part["reliability_fig"] = plot_reliability(part["dataset"], part["sections"], figdir)
         part["rdr_fig"] = plot_views(part["dataset"], part["sections"], figdir)
     cdr = cdr_rows(Store(store_root).records("extensions-cdr"))
+    paired = cdr_paired(cdr)
     text = template_env(Path(__file__).parent / "templates").get_template("engine_trial.md.j2").render(
-        parts=parts, n_trial=len(trial), cdr=cdr, cdr_fig=plot_cdr(cdr, figdir), cdr_paired=cdr_paired(cdr))
+        parts=parts, n_trial=len(trial), cdr=cdr, cdr_fig=plot_cdr(cdr, figdir), cdr_paired=paired,
+        summary=summary(parts, paired))
     (out or REPORTS / "extensions_engine.md").write_text(text)
     return text
+
+
+def summary(parts: list[dict], paired: list[dict], model: str = "SASRec") -> list[dict]:
+    """The verdict per method (:data:`SUMMARY`, then CDR round 1 − round 0) on each part's ``model`` section."""
+    out = []
+    for part in parts:
+        sec = next((x for x in part["sections"] if x["model"] == model), None)
+        if sec is None:
+            continue
+        rows = {r["arm"]: r for r in sec["rows"]}
+        cons = {(c["arm"], c["against"]): c for c in sec["contrasts"]}
+        for method, arm, against in SUMMARY:
+            d = rows[arm]["delta"][against] if against in ("dllm2rec", "plain") else cons.get((arm, against))
+            if d is None:
+                continue
+            out.append({"dataset": part["dataset"], "method": method, "arm": arm, "against": against, "n": d["n"],
+                        "mean": d.get("mean"), "half": d.get("half"), "p": d.get("p_holm"),
+                        "verdict": d["verdict"]})
+        for g in paired:
+            if g["split"] == part["dataset"] and g["model"] == model:
+                p = g.get("p")
+                verdict = ("pending (fewer than 2 seeds)" if g["n"] < 2 or p != p else
+                           f"{'helps' if g['mean'] > 0 else 'hurts'} against round 0 (p {p:.2g})" if p < 0.05 else
+                           f"cannot be told apart from round 0 (p {p:.2g})")
+                out.append({"dataset": part["dataset"], "method": f"CDR, init {g['init']}, round 1",
+                            "arm": "cdr", "against": "round 0", "n": g["n"], "mean": g["mean"],
+                            "half": g["half"], "p": p, "verdict": verdict})
+    return out
 
 
 def _trial_record(trial: dict, run: TrialRun) -> dict | None:
@@ -376,6 +416,7 @@ def _sections(plan, trial: dict, base: dict, tuned: dict | None, converged: dict
                 r["delta"][against]["verdict"] = verdict(r["delta"][against], p, against)
         ref = softmax_reference(runs[0].dataset if runs else "", m, per_arm, converged)
         sections.append({"model": m, "rows": rows, "softmax": ref, "contrasts": contrasts(per_arm),
+                         "n_trial_arms": sum(1 for a, x in per_arm.items() if x and a not in ("plain", "dllm2rec")),
                          "buckets": bucket_rows(per_arm, split_targets(runs[0]) if runs else None),
                          "reliability": pooled_reliability(per_arm), "views": rationale_views(per_arm, store_root)})
     return sections
