@@ -4,7 +4,7 @@ PY    := .venv/bin/python
 STAMP := .venv/.recparity-stamp
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: setup refs refs-optional test parity drift epoch-identity golden bench baseline baseline-quick extensions teacher-curve teachers clean-refs
+.PHONY: setup refs refs-optional test parity drift epoch-identity golden bench baseline baseline-quick extensions extensions-slice teacher-curve teachers clean-refs
 
 setup: $(STAMP)
 
@@ -48,9 +48,15 @@ bench: setup refs
 	$(PY) -m benchmarks.epochs
 	$(PY) -m benchmarks.teachers
 
-# Extension trial (UAMD, RDR, CDR, selection) against the distill plan's teacher and verified baseline
-# -> reports/extensions.md (~3 min, plus ~4 min of SmolLM2 rationales when the cache is empty; needs `make baseline`)
+# Extension trial (UAMD, RDR, CDR, selection) on the research engine -> reports/extensions.md, rebuilt from the
+# committed records (results/extensions*/, results/distilled/); no training. The runs:
+# python -m reimpl.extensions.engine_trial run|rationales|view and python -m reimpl.extensions.cdr_engine.
 extensions: setup
+	$(PY) -m reimpl.extensions.engine_trial report > /dev/null
+
+# The superseded 256-row trial against the distill plan's teacher -> reports/extensions_slice.md (~3 min, plus
+# ~4 min of SmolLM2 rationales when the cache is empty; needs `make baseline`)
+extensions-slice: setup
 	$(PY) -m reimpl.extensions.trial
 
 # Issue 7 -> reports/baselines.md: student baselines without distillation, reference main.py (subprocess,

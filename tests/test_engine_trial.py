@@ -169,3 +169,13 @@ def test_cdr_align_maps_the_student_table_onto_the_teachers():
     run = type("R", (), {"run_id": "x", "engine_config": lambda self: type("E", (), {"as_dict": lambda s: {}})()})()
     assert "init" not in ce._identity(run, ce.CDRConfig())["cdr"]
     assert ce._identity(run, ce.CDRConfig(init="align"))["cdr"]["init"] == "align"
+
+
+@pytest.mark.skipif(not (DATA / "ilora" / "lastfm").is_dir(), reason="needs ../shared/data")
+def test_the_committed_extensions_report_is_current(tmp_path):
+    """reports/extensions.md is what `make extensions` renders from the committed records (figures aside)."""
+    from reimpl.paths import REPORTS
+
+    if not (REPORTS / "extensions.md").is_file():
+        pytest.skip("reports/extensions.md not rendered yet")
+    assert et.report(out=tmp_path / "extensions.md") == (REPORTS / "extensions.md").read_text()

@@ -10,5 +10,7 @@
 * :mod:`.metrics`   NDCG@10, HR@10, MRR and expected calibration error of a student.
 * :mod:`.hooks`     composes the above into :class:`reimpl.dllm2rec.train.TrainHooks` from one config.
 * :mod:`.standin`   a clearly labelled stand-in teacher (SASRec experts) for trials without iLoRA.
-* :mod:`.trial`     ``make extensions`` -> ``reports/extensions.md``.
+* :mod:`.engine_trial` ``make extensions`` -> ``reports/extensions.md`` (issue 17: the trial on the research
+  engine, from the committed records); :mod:`.rdr_view` its RDR representation view.
+* :mod:`.trial`     ``make extensions-slice`` -> ``reports/extensions_slice.md`` (the superseded 256-row trial).
 """

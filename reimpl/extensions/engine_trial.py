@@ -13,7 +13,7 @@ with the extension hooks of :func:`reimpl.extensions.hooks.build_hooks`:
 
 Each finished run is one record in ``results/extensions/`` (config, data digest incl. the teacher file, history,
 the selected epoch's TEST metrics, and the selected student's per-row TEST ranks, for paired tests and popularity
-buckets). :func:`report` renders ``reports/extensions_engine.md`` from the records alone: per arm mean ± 95 % CI,
+buckets). :func:`report` renders ``reports/extensions.md`` from the records alone: per arm mean ± 95 % CI,
 Δ against ``dllm2rec`` and against ``plain`` paired by seed with Holm's correction over the arms of a student, and
 a sentence per arm (helps / hurts / cannot be told apart).
 
@@ -322,7 +322,8 @@ SUMMARY = (("DLLM2Rec's distillation", "dllm2rec", "plain"),
 
 def report(datasets: tuple = LOO_PLANS, store_root: str | None = None, out: Path | None = None,
            tuned: dict | None = None) -> str:
-    """``reports/extensions_engine.md``: a part per distilled plan (data set and teacher), from records only."""
+    """``reports/extensions.md`` (``make extensions``): a part per distilled plan (data set and teacher), from
+    records only."""
     from reimpl.baselines.converged import records_by_id
     from reimpl.results.store import Store
 
@@ -340,7 +341,7 @@ def report(datasets: tuple = LOO_PLANS, store_root: str | None = None, out: Path
     text = template_env(Path(__file__).parent / "templates").get_template("engine_trial.md.j2").render(
         parts=parts, n_trial=len(trial), cdr=cdr, cdr_fig=plot_cdr(cdr, figdir), cdr_paired=paired,
         summary=summary(parts, paired))
-    (out or REPORTS / "extensions_engine.md").write_text(text)
+    (out or REPORTS / "extensions.md").write_text(text)
     return text
 
 

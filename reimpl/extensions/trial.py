@@ -1,4 +1,4 @@
-"""``make extensions``: UAMD, RDR, CDR and sample selection against the verified distillation baseline.
+"""``make extensions-slice`` (the superseded 256-row trial; ``make extensions`` is :mod:`.engine_trial`): UAMD, RDR, CDR and sample selection against the verified distillation baseline.
 
 Usage::
 
@@ -639,7 +639,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="do not re-run a baseline command whose result file is absent")
     ap.add_argument("--names", default=None, help="id2name.txt (default ../shared/data/ilora/lastfm/id2name.txt)")
     ap.add_argument("--work", default=str(ROOT / "cache/extensions"))
-    ap.add_argument("--out", default=str(ROOT / "reports/extensions.md"))
+    ap.add_argument("--out", default=str(ROOT / "reports/extensions_slice.md"))
     ap.add_argument("--results", default=str(ROOT / "runs/extensions/results.json"))
     ap.add_argument("--threads", type=int, default=1)
     return ap
@@ -840,7 +840,7 @@ def render(res: dict, out: Path, arm_defs: dict) -> Path:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     a = build_parser().parse_args(argv)
-    run_trial(a, argv_text="make extensions  (= .venv/bin/python -m reimpl.extensions.trial"
+    run_trial(a, argv_text="make extensions-slice  (= .venv/bin/python -m reimpl.extensions.trial"
                            + (" " + " ".join(argv) if argv else "") + ")")
     return 0
 
