@@ -336,6 +336,7 @@ def report(datasets: tuple = LOO_PLANS, store_root: str | None = None, out: Path
     for part in parts:
         part["reliability_fig"] = plot_reliability(part["dataset"], part["sections"], figdir)
         part["rdr_fig"] = plot_views(part["dataset"], part["sections"], figdir)
+        part["uncertainty"] = _uncertainty_meta(part["plan"])
     cdr = cdr_rows(Store(store_root).records("extensions-cdr"))
     paired = cdr_paired(cdr)
     text = template_env(Path(__file__).parent / "templates").get_template("engine_trial.md.j2").render(
@@ -343,6 +344,19 @@ def report(datasets: tuple = LOO_PLANS, store_root: str | None = None, out: Path
         summary=summary(parts, paired))
     (out or REPORTS / "extensions.md").write_text(text)
     return text
+
+
+def _uncertainty_meta(plan) -> dict | None:
+    """The metadata (base, members, k) of the plan's teacher's ensemble uncertainty file, or None."""
+    from reimpl.teachers import ensemble
+
+    path = ensemble.path_for(dz.teacher_path(plan.teacher, plan.dataset))
+    if not path.is_file():
+        return None
+    from safetensors import safe_open
+
+    with safe_open(str(path), "np") as f:
+        return json.loads((f.metadata() or {}).get("meta", "{}")) or None
 
 
 def summary(parts: list[dict], paired: list[dict], model: str = "SASRec") -> list[dict]:

@@ -1,4 +1,6 @@
-"""``make extensions-slice`` (the superseded 256-row trial; ``make extensions`` is :mod:`.engine_trial`): UAMD, RDR, CDR and sample selection against the verified distillation baseline.
+"""``make extensions-slice``: UAMD, RDR, CDR and sample selection against the verified distillation baseline.
+
+The superseded 256-row trial; ``make extensions`` is :mod:`reimpl.extensions.engine_trial`.
 
 Usage::
 
