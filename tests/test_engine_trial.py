@@ -179,3 +179,25 @@ def test_the_committed_extensions_report_is_current(tmp_path):
     if not (REPORTS / "extensions.md").is_file():
         pytest.skip("reports/extensions.md not rendered yet")
     assert et.report(out=tmp_path / "extensions.md") == (REPORTS / "extensions.md").read_text()
+
+
+@pytest.mark.skipif(not (DATA / "ilora" / "lastfm").is_dir(), reason="needs ../shared/data/ilora/lastfm")
+def test_an_rdr_arm_keeps_its_rationale_view(tmp_path, monkeypatch):
+    """The rdr arm trains with the committed-JSONL vector store (real MiniLM) and stores the selected student's view."""
+    from reimpl.extensions.rdr import CACHE_FILE
+
+    folder = tmp_path / "rationales" / "lastfm"
+    folder.mkdir(parents=True)
+    words = ["calm", "loud", "sad", "bright", "dark", "fast", "slow", "warm"]
+    with open(folder / CACHE_FILE, "w") as f:
+        for r in range(24):
+            f.write(json.dumps({"row": r, "key": f"k{r}", "model_id": "test", "prompt": "p",
+                                "rationale": f"They like {words[r % 8]} music."}) + "\n")
+    monkeypatch.setattr(et, "rationale_dir", lambda d: tmp_path / "rationales" / d)
+    monkeypatch.setattr(et, "RUNS", tmp_path / "runs")
+    monkeypatch.setattr(et, "ROOT", tmp_path)
+    run = et.TrialRun(dz.DistilledRun("SASRec", "plain", 1, epochs=1), "rdr-only")
+    rec = json.loads(open(et.run_one(run, store_root=str(tmp_path / "store"), runs_root=tmp_path / "r")).read())
+    v = rec["rdr_view"]
+    assert v["rows"] == 24 and v["k"] == 8 and len(v["points"]["xy"]) == 24 and -1 <= v["silhouette"] <= 1
+    assert rec["data"]["facts"]["rationales"]["store"] == "runs/rationales/lastfm"
