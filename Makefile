@@ -59,7 +59,7 @@ extensions: setup
 extensions-slice: setup
 	$(PY) -m reimpl.extensions.trial
 
-# Issue 7 -> reports/baselines.md: student baselines without distillation, reference main.py (subprocess,
+# Issue 7 -> reports/baselines_agreement.md: student baselines without distillation, reference main.py (subprocess,
 # unmodified) vs reimpl faithful/fixed, 3 seeds (cached under runs/, resumable). Then the distillation plan
 # (issue 16): plain vs distilled students on the full LastFM train split from the committed teacher export
 # results/teachers/e4srec-smollm2-l6-8000.safetensors (no teacher training), engine, 5 seeds, every finished run
@@ -77,7 +77,7 @@ baseline: setup refs
 baseline-quick: setup refs-optional
 	$(PY) -m reimpl.baselines run --plan quick
 
-# Converged and distilled baselines (issues 15, 16): reports/baselines_converged.md (+ figures) and
+# Converged and distilled baselines (issues 15, 16): reports/baselines.md (+ figures) and
 # reports/baselines_distilled.md from the committed results store (results/converged/, results/distilled/) only;
 # no training (seconds).
 baseline-report: setup

@@ -5,7 +5,7 @@ cap starts new runs next to the cached ones; render with the same overrides). ``
 every unfinished run of the plan (results cached under ``--root``, default ``runs/baselines/<plan>``), then renders
 the report; ``report`` only renders from whatever
 has finished (pending rows are marked). The quick plan's report goes to ``<root>/baselines.md``; the
-full plan's to ``reports/baselines.md`` + ``reports/figures/baselines_*.png`` (``--report-dir``
+full plan's to ``reports/baselines_agreement.md`` + ``reports/figures/baselines_*.png`` (``--report-dir``
 overrides).
 """
 
@@ -60,10 +60,11 @@ def main(argv: list[str] | None = None) -> int:
     if a.cmd == "report" or not a.no_report:
         from reimpl.baselines.report import render
 
-        extra = ()
-        if plan.name == "full" and not a.root:   # reports/baselines.md also holds the distillation plan
+        extra, name = (), "baselines.md"
+        if plan.name == "full" and not a.root:   # reports/baselines_agreement.md also holds the distillation plan
             extra = tuple((PLANS[n], ROOT / "runs" / "baselines" / n) for n in ("long", "distill"))
-        path = render(plan, root, report_dir, extra)
+            name = "baselines_agreement.md"    # reports/baselines.md is the converged report (make baseline-report)
+        path = render(plan, root, report_dir, extra, name)
         print(f"wrote {path}")
     return 1 if status and status["failed"] else 0
 

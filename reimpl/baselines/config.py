@@ -152,7 +152,7 @@ QUICK = Plan(
     notes=("slices: 768 train rows (3 batches of 256 per epoch), 64 val / 64 test rows, 2 epochs; LastFM: "
            "3 students x 2 seeds, ml-100k: GRU x 1 seed; a pipeline check, not a baseline",))
 
-# make baseline: the full set, sized to about an hour on 2 shared CPU cores (see reports/baselines.md).
+# make baseline: the full set, sized to about an hour on 2 shared CPU cores (see reports/baselines_agreement.md).
 FULL = Plan(
     name="full",
     datasets=(LASTFM, MOVIELENS, GAME),

@@ -235,9 +235,9 @@ def template_env(folder: Path | None = None):
 
 def report(plan: ConvergedPlan = CONVERGED, store_root: str | None = None, out: Path | None = None,
            fig_dir: Path | None = None) -> Path:
-    """Render ``reports/baselines_converged.md`` and its figures from the store only (no training)."""
+    """Render ``reports/baselines.md`` and its figures from the store only (no training)."""
 
-    out = out or REPORTS / "baselines_converged.md"
+    out = out or REPORTS / "baselines.md"
     fig_dir = fig_dir or out.parent / "figures"
     recs = records_by_id(store_root)
     chosen = plan.chosen(recs)

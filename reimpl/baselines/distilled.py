@@ -5,7 +5,7 @@ Plans (:data:`PLANS`): SASRec, GRU4Rec, Caser x {``plain``, ``kd``} x seeds 1-5,
 * ``lastfm``: LastFM as iLoRA publishes it (50,800 train rows of 976 users; 122 val and 122 test users, disjoint
   from the train users), the reference's default student settings, teacher ``e4srec-smollm2-l6-8000``;
 * ``ml100k-loo`` / ``lastfm-loo``: the converged baselines' leave-one-out splits, each student at its tuned point
-  of ``reports/baselines_converged.md`` (objective ``bce``; a model joins once its tuning is complete), an E4SRec
+  of ``reports/baselines.md`` (objective ``bce``; a model joins once its tuning is complete), an E4SRec
   teacher trained on the split's train rows only (``results/teachers/<split>/``); ``ml100k-loo@8k`` and
   ``lastfm-loo@8k``: the same splits with the first, weaker teachers (8,000 training rows).
 

@@ -386,15 +386,16 @@ def _rel(p: Path) -> str:
         return str(p)
 
 
-def render(plan: Plan, root: Path, report_dir: Path, extra: tuple[tuple[Plan, Path], ...] = ()) -> Path:
+def render(plan: Plan, root: Path, report_dir: Path, extra: tuple[tuple[Plan, Path], ...] = (),
+           name: str = "baselines.md") -> Path:
     """Render ``plan`` (and then each ``(plan, root)`` of ``extra``, e.g. the distillation plan after the
-    full one) into ``<report_dir>/baselines.md``."""
+    full one) into ``<report_dir>/<name>``."""
     report_dir = Path(report_dir)
     parts = [_render_one(plan, root, report_dir)]
     for p, r in extra:
         if Path(r).is_dir() and any((Path(r) / "results").glob("*.json")):   # skip plans never run here
             parts.append(_render_one(p, r, report_dir))
-    out = report_dir / "baselines.md"
+    out = report_dir / name
     report_dir.mkdir(parents=True, exist_ok=True)
     if len(parts) > 1:   # one file, several plans: say what is where
         titles = [p.splitlines()[0].lstrip("# ").strip() for p in parts]

@@ -9,7 +9,7 @@ Usage::
         [--rationales all|N] [--cdr-rounds 2] [--work cache/extensions] [--out reports/extensions.md]
 
 **Baseline.** The distillation plan of :mod:`reimpl.baselines` (``--plan distill``; its students are
-the ones ``reports/baselines.md`` verifies). Its kd working directory ``<root>/work/<key>+kd/`` holds
+the ones ``reports/baselines_agreement.md`` verifies). Its kd working directory ``<root>/work/<key>+kd/`` holds
 the student slice (``data/<name>/``) and, through the ``tocf/<name>`` link, the reimpl iLoRA teacher's
 export for exactly those rows (``<root>/teacher/<teacher>/tocf/<name>/``: ranking, confidence,
 4096-padded item table, UAMD uncertainty, ``rows.txt``). Every arm trains on that slice and is
