@@ -94,3 +94,21 @@ def test_uamd_and_selection_compose():
         ExtConfig.from_dict({"uamd": {}, "foo": 1})
     res = train(_cfg(epoch=1), d, progress=False, log=lambda m: None, hooks=h)
     assert np.isfinite(res["history"][0]["loss"]) and "ext" in res["history"][0]
+
+
+def test_the_permuted_uamd_control_keeps_the_weights_but_not_their_rows():
+    d = tiny_data()
+    n = len(d.train_next)
+    u = np.linspace(0, 1, n)
+    rows = np.arange(n)
+    out = torch.randn(n, d.item_num)
+    first = build_hooks(ExtConfig.from_dict({"uamd": {"enabled": True, "fn": "threshold"}}), d,
+                        candidate_topk=10, hidden=64, uncertainty=u).kd_weight(rows, out)
+    ctrl = build_hooks(ExtConfig.from_dict({"uamd": {"enabled": True, "fn": "threshold", "permute_seed": 0}}), d,
+                       candidate_topk=10, hidden=64, uncertainty=u).kd_weight(rows, out)
+    # the same multiset of weights (kept fraction and mass), dealt to other rows, the same way every run
+    assert torch.equal(torch.sort(first).values, torch.sort(ctrl).values)
+    assert not torch.equal(first, ctrl) and float(ctrl.mean()) == pytest.approx(1.0)
+    again = build_hooks(ExtConfig.from_dict({"uamd": {"enabled": True, "fn": "threshold", "permute_seed": 0}}), d,
+                        candidate_topk=10, hidden=64, uncertainty=u).kd_weight(rows, out)
+    assert torch.equal(ctrl, again)

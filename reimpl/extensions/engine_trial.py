@@ -70,6 +70,9 @@ ARMS = {
                       "`dllm2rec`, but a row whose uncertainty is above the median learns from its ground truth "
                       "only (the seed's \"ground truth first when uncertain\"; the kept rows' weights are "
                       "mean-normalised, so as much distillation as `dllm2rec`)"),
+    "uamd-gt-random": ("kd", {"uamd": {"enabled": True, "fn": "threshold", "permute_seed": 0}},
+                       "`uamd-gt-first`'s weights dealt to the rows in a fixed random order (the control for "
+                       "`uamd-gt-first`: as many rows without distillation, the same mass, not chosen by u)"),
     "dro-only": ("plain", {}, "`plain` + DLLM2Rec's DRO term on the target (alpha 1): no teacher at all"),
     "emb-only": ("kd", {}, "`plain` + DLLM2Rec's teacher-embedding injection (ed_weight 0.2): no ranking, no DRO"),
     "rdr": ("kd", {"rdr": {"enabled": True, "lam": 0.5}},
@@ -87,7 +90,8 @@ CONTRASTS = (("dro-only", "plain", "DRO alone (no teacher)"),
              ("sel-gt-error", "sel-gt-mean", "choosing rows by p_teacher(target), at the same distillation mass"),
              ("sel-kl-high", "kd-half", "choosing the half of each batch by KL, at the same distillation mass"),
              ("uamd-exp", "dllm2rec", "UAMD's uncertainty weights on the ranking distillation"),
-             ("uamd-gt-first", "dllm2rec", "no distillation on the uncertain rows, at the same distillation mass"))
+             ("uamd-gt-first", "dllm2rec", "no distillation on the uncertain rows, at the same distillation mass"),
+             ("uamd-gt-first", "uamd-gt-random", "dropping the uncertain rows rather than as many random ones"))
 RATIONALE_GEN = {"max_new_tokens": 32, "batch_size": 16}
 TEMPLATES = Path(__file__).parent / "templates"
 TRAINED = tuple(a for a, (_, ext, _) in ARMS.items() if ext is not None)
@@ -314,6 +318,7 @@ SUMMARY = (("DLLM2Rec's distillation", "dllm2rec", "plain"),
            ("UAMD, w(u) = exp(-u / median)", "uamd-exp", "dllm2rec"),
            ("UAMD, w(u) = 1 / (1 + u / median)", "uamd-inverse", "dllm2rec"),
            ("UAMD, ground truth first when uncertain", "uamd-gt-first", "dllm2rec"),
+           ("UAMD ground truth first: u's rows against random ones", "uamd-gt-first", "uamd-gt-random"),
            ("selection by KL (half of each batch)", "sel-kl-high", "kd-half"),
            ("selection by the teacher's ground-truth error", "sel-gt-error", "sel-gt-mean"),
            ("RDR on top of DLLM2Rec", "rdr", "dllm2rec"),
@@ -370,7 +375,7 @@ def summary(parts: list[dict], paired: list[dict], model: str = "SASRec") -> lis
         cons = {(c["arm"], c["against"]): c for c in sec["contrasts"]}
         for method, arm, against in SUMMARY:
             d = rows[arm]["delta"][against] if against in ("dllm2rec", "plain") else cons.get((arm, against))
-            if d is None:
+            if d is None or (d["n"] == 0 and "@" in part["dataset"]):   # a second teacher: what it has only
                 continue
             out.append({"dataset": part["dataset"], "method": method, "arm": arm, "against": against, "n": d["n"],
                         "mean": d.get("mean"), "half": d.get("half"), "p": d.get("p_holm"),

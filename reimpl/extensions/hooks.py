@@ -18,7 +18,7 @@ from reimpl.dllm2rec.train import DLLM2RecData, TrainHooks
 from reimpl.extensions.metrics import evaluate_student
 from reimpl.extensions.rdr import RDRConfig, RDRHead, load_vector_store
 from reimpl.extensions.selection import SelectionConfig, mean_gt_weight, selection_factor
-from reimpl.extensions.uamd import UAMDConfig, read_uncertainty, uncertainty_weight
+from reimpl.extensions.uamd import UAMDConfig, permute_weights, read_uncertainty, uncertainty_weight
 
 
 @dataclass
@@ -53,6 +53,8 @@ def build_hooks(ext: ExtConfig, data: DLLM2RecData, *, candidate_topk: int, hidd
         if np.asarray(uncertainty).shape != (n,):
             raise ValueError(f"build_hooks: uncertainty must be [N_train={n}], got {np.asarray(uncertainty).shape}")
         u_w = uncertainty_weight(uncertainty, ext.uamd.fn, ext.uamd.scale, ext.uamd.normalize)
+        if ext.uamd.permute_seed is not None:
+            u_w = permute_weights(u_w, ext.uamd.permute_seed)
     sel = ext.selection
     if u_w is not None or sel.policy != "all":
         if data.candidates is None:

@@ -28,6 +28,8 @@ that the average KD magnitude is unchanged and only its distribution over rows m
 The weight multiplies DLLM2Rec's per-row ranking-distillation weights (``TrainHooks.kd_weight``), so
 the student loss is ``L_task + lam * sum_k mean_b(w(u_b) * w_bk * l_bk)`` -- the seed's
 ``(1 - a) L_CE + a w(u) L_KD`` with DLLM2Rec's unnormalized composition (``main.py:486``).
+``permute_seed`` (:func:`permute_weights`) deals the same weights to the rows in a random order: the control
+that tells whether *which* rows ``u`` picks matters, or only how much distillation is left and how it is spread.
 """
 
 from __future__ import annotations
@@ -52,6 +54,9 @@ class UAMDConfig:
     scale: float | None = None   # None: median of u over the train rows
     normalize: bool = True
     kind: str = "variance"       # which uncertainty the teacher export holds (recorded for the report)
+    # the control arm: the same weights w(u) given to the rows in a fixed random order, so the kept fraction and the
+    # distillation mass stay and only which rows get which weight is lost
+    permute_seed: int | None = None
 
     def __post_init__(self) -> None:
         if self.fn not in WEIGHT_FNS:
@@ -117,6 +122,12 @@ def uncertainty_weight(u: np.ndarray | torch.Tensor, fn: str = "exp", scale: flo
         m = w.mean()
         w = w / m if m > 0 else torch.ones_like(w)
     return w
+
+
+def permute_weights(w: torch.Tensor, seed: int) -> torch.Tensor:
+    """``w`` ``[N]`` dealt to the rows in the order of a fixed random permutation (same multiset, same mean)."""
+    g = torch.Generator().manual_seed(int(seed))
+    return w[torch.randperm(w.numel(), generator=g)]
 
 
 # -------------------------------------------------------------------------------------- file I/O
