@@ -129,3 +129,26 @@ def test_reproduce_adds_per_row_ranks_only_to_an_identical_history(toy_protocol,
     with pytest.raises(RecordMismatch, match="another history from epoch 1"):
         converged.run_one(run, store, str(tmp / "runs"), reproduce=True)
     assert json.loads(p.read_text()) == bad
+
+
+def test_git_commit_commits_one_file_and_leaves_an_unchanged_one_alone(tmp_path, monkeypatch, capsys):
+    import subprocess
+
+    from reimpl.results import runs
+
+    git = lambda *a: subprocess.run(["git", *a], cwd=tmp_path, check=True, capture_output=True,  # noqa: E731
+                                    text=True).stdout
+    git("init", "-q")
+    git("config", "user.email", "t@example.org")
+    git("config", "user.name", "t")
+    monkeypatch.setattr(runs, "ROOT", tmp_path)
+    (tmp_path / "other.txt").write_text("not mine")
+    rec = tmp_path / "results" / "r.json"
+    rec.parent.mkdir()
+    rec.write_text("{}")
+    runs.git_commit(str(rec))
+    assert git("log", "--format=%s").split("\n")[0] == "results: r"
+    assert "?? other.txt" in git("status", "--short")          # only the record is committed
+    runs.git_commit(str(rec))                                   # nothing new: no commit, no warning
+    assert len(git("log", "--format=%s").strip().split("\n")) == 1
+    assert "could not commit" not in capsys.readouterr().err

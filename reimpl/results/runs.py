@@ -91,11 +91,17 @@ def add_selected_rows(engine_cfg, data) -> Callable[[dict, dict], None]:
 
 
 def git_commit(path: str) -> None:
-    """Commit one results file (nothing else), retrying while another commit holds the index lock."""
+    """Commit one results file (nothing else), retrying while another commit holds the index lock; a file already
+    committed as it is (a resume that added nothing) is left alone."""
     rel = os.path.relpath(path, ROOT)
     for _ in range(10):
-        if subprocess.run(["git", "add", rel], cwd=ROOT).returncode == 0 and subprocess.run(
-                ["git", "commit", "-q", "-m", f"results: {Path(rel).stem}", "--", rel], cwd=ROOT).returncode == 0:
+        if subprocess.run(["git", "add", rel], cwd=ROOT).returncode != 0:
+            time.sleep(3)
+            continue
+        if subprocess.run(["git", "diff", "--cached", "--quiet", "--", rel], cwd=ROOT).returncode == 0:
+            return
+        if subprocess.run(["git", "commit", "-q", "-m", f"results: {Path(rel).stem}", "--", rel],
+                          cwd=ROOT).returncode == 0:
             return
         time.sleep(3)
     print(f"warning: could not commit {rel}", file=sys.stderr)
