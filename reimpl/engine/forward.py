@@ -14,7 +14,8 @@
   layer norm are computed at that position only (``[B, H]`` instead of ``[B, L, H]``); keys and values use
   every position, as they must. The 1x1 ``Conv1d`` layers of the feed-forward block are applied as the
   matrix products they are (``F.linear`` with the ``[H, H, 1]`` weight viewed ``[H, H]``; ~8x faster here).
-  Dropout draws a mask for the elements that are used only: the same law per element, fewer draws.
+  Dropout is the model's modules; the attention and feed-forward dropouts act on the read position's elements
+  only: the same law per element, fewer draws. With one head (the default) the head split is the identity.
 * Caser (:func:`caser_repr`): each horizontal ``Conv2d(1, F, (h, H))`` is ``sum_r x[t + r] . W[r]``, computed as
   one product of ``x`` with every filter row at once followed by shifted sums, and the vertical
   ``Conv2d(1, 1, (L, 1))`` a weighted sum over positions; the same sums as main.py:124-137 without the
@@ -132,7 +133,9 @@ def sasrec_repr(m: SASRec, states: torch.Tensor, len_states: torch.Tensor, llm=N
     att = m.mh_attn
     nh = att.num_heads
     q_in = m.ln_1(seq[rows, pos])  # [B, H]: ln_1 is position-wise
-    heads = lambda t: torch.cat(t.split(t.size(-1) // nh, dim=-1), dim=0)  # noqa: E731  [.., C] -> [h*B, .., C/h]
+    # [.., C] -> [h*B, .., C/h]; one head (DLLM2Rec's default) is the tensor itself: a split + cat would copy it
+    # forward and concatenate its gradient backward for nothing
+    heads = (lambda t: t) if nh == 1 else (lambda t: torch.cat(t.split(t.size(-1) // nh, dim=-1), dim=0))  # noqa: E731
     q = heads(att.linear_q(q_in)).unsqueeze(1)  # [h*B, 1, C/h]
     k, v = heads(att.linear_k(seq)), heads(att.linear_v(seq))  # [h*B, L, C/h]
     logits = torch.bmm(q, k.transpose(1, 2)) / att.hidden_size ** 0.5  # [h*B, 1, L]
@@ -142,7 +145,7 @@ def sasrec_repr(m: SASRec, states: torch.Tensor, len_states: torch.Tensor, llm=N
     logits = torch.where(causal.repeat(nh, 1)[:, None, :], logits, MASK_VALUE)
     a = torch.softmax(logits, dim=-1) * q_in.sum(-1).abs().sign().repeat(nh)[:, None, None]  # query mask
     h = torch.bmm(att.dropout(a), v).squeeze(1)  # [h*B, C/h]
-    h = torch.cat(h.split(B, dim=0), dim=1) + q_in  # [B, H], residual to the queries
+    h = (h if nh == 1 else torch.cat(h.split(B, dim=0), dim=1)) + q_in  # [B, H], residual to the queries
     ff = m.feed_forward
     z = m.ln_2(h)
     out = F.linear(F.relu(F.linear(z, ff.w_1.weight.squeeze(-1), ff.w_1.bias)), ff.w_2.weight.squeeze(-1),
