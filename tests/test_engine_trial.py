@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -201,3 +202,14 @@ def test_an_rdr_arm_keeps_its_rationale_view(tmp_path, monkeypatch):
     v = rec["rdr_view"]
     assert v["rows"] == 24 and v["k"] == 8 and len(v["points"]["xy"]) == 24 and -1 <= v["silhouette"] <= 1
     assert rec["data"]["facts"]["rationales"]["store"] == "runs/rationales/lastfm"
+
+
+def test_each_part_names_its_teachers_own_quality():
+    plan = dz.PLANS["lastfm-loo"]
+    rec = json.loads(dz.teacher_path(plan.teacher, plan.dataset).with_suffix(".json").read_text())
+    sec = {"model": "SASRec", "rows": [{"arm": "plain", "ndcg10": (0.03, 0.004)}]}
+    facts = et._teacher_facts(plan, [sec])
+    assert facts["ndcg10"] == rec["eval"]["test"]["all_items"]["NDCG@10"]
+    assert facts["in_topk"] == rec["export"]["target_in_topk_all_items"] and facts["k"] == 10
+    assert facts["plain"] == (0.03, 0.004) and facts["chance"] == pytest.approx(0.0010, abs=5e-5)
+    assert et._teacher_facts(dataclasses.replace(plan, teacher="no-such-teacher"), [sec]) is None

@@ -342,6 +342,7 @@ def report(datasets: tuple = LOO_PLANS, store_root: str | None = None, out: Path
         part["reliability_fig"] = plot_reliability(part["dataset"], part["sections"], figdir)
         part["rdr_fig"] = plot_views(part["dataset"], part["sections"], figdir)
         part["uncertainty"] = _uncertainty_meta(part["plan"])
+        part["teacher"] = _teacher_facts(part["plan"], part["sections"])
     cdr = cdr_rows(Store(store_root).records("extensions-cdr"))
     paired = cdr_paired(cdr)
     text = template_env(Path(__file__).parent / "templates").get_template("engine_trial.md.j2").render(
@@ -349,6 +350,26 @@ def report(datasets: tuple = LOO_PLANS, store_root: str | None = None, out: Path
         summary=summary(parts, paired))
     (out or REPORTS / "extensions.md").write_text(text)
     return text
+
+
+def _teacher_facts(plan, sections: list[dict], model: str = "SASRec") -> dict | None:
+    """The plan's teacher on TEST over all items (its record in ``results/teachers/``), the share of train rows whose
+    target its export holds in the top k, chance, and the ``plain`` ``model`` student's TEST NDCG@10; None without
+    a record."""
+    from reimpl.baselines.converged import chance
+
+    path = dz.teacher_path(plan.teacher, plan.dataset).with_suffix(".json")
+    if not path.is_file():
+        return None
+    rec = json.loads(path.read_text())
+    test = rec.get("eval", {}).get("test", {}).get("all_items")
+    if not test:
+        return None
+    sec = next((x for x in sections if x["model"] == model), None)
+    plain = next((r["ndcg10"] for r in sec["rows"] if r["arm"] == "plain"), None) if sec else None
+    return {"ndcg10": test["NDCG@10"], "hr10": test["HR@10"], "chance": chance(test["n_items"])["NDCG@10"],
+            "k": rec.get("export", {}).get("k"), "in_topk": rec.get("export", {}).get("target_in_topk_all_items"),
+            "model": model, "plain": plain}
 
 
 def _uncertainty_meta(plan) -> dict | None:
