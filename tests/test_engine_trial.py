@@ -213,3 +213,14 @@ def test_each_part_names_its_teachers_own_quality():
     assert facts["in_topk"] == rec["export"]["target_in_topk_all_items"] and facts["k"] == 10
     assert facts["plain"] == (0.03, 0.004) and facts["chance"] == pytest.approx(0.0010, abs=5e-5)
     assert et._teacher_facts(dataclasses.replace(plan, teacher="no-such-teacher"), [sec]) is None
+
+
+def test_the_rdr_part_says_how_its_rationales_were_made():
+    from reimpl.extensions.rdr import CACHE_FILE, read_cache
+
+    cache = et.rationale_dir("lastfm-loo") / CACHE_FILE
+    if not cache.is_file():
+        pytest.skip(f"{cache} is not here")
+    facts = et._rationale_facts("lastfm-loo")
+    assert facts["n"] == len(read_cache(cache)) and facts["dtype"] == "float32" and not facts["mixed"]
+    assert et._rationale_facts("no-such-split") is None

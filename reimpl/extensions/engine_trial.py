@@ -346,6 +346,7 @@ def report(datasets: tuple = LOO_PLANS, store_root: str | None = None, out: Path
         part["rdr_fig"] = plot_views(part["dataset"], part["sections"], figdir)
         part["uncertainty"] = _uncertainty_meta(part["plan"])
         part["teacher"] = _teacher_facts(part["plan"], part["sections"])
+        part["rationales"] = _rationale_facts(part["plan"].dataset)
     cdr = cdr_rows(Store(store_root).records("extensions-cdr"))
     paired = cdr_paired(cdr)
     text = template_env(Path(__file__).parent / "templates").get_template("engine_trial.md.j2").render(
@@ -353,6 +354,21 @@ def report(datasets: tuple = LOO_PLANS, store_root: str | None = None, out: Path
         summary=summary(parts, paired))
     (out or REPORTS / "extensions.md").write_text(text)
     return text
+
+
+def _rationale_facts(dataset: str) -> dict | None:
+    """How many train rows of ``dataset`` have a committed rationale, and how they were generated; None without."""
+    from reimpl.extensions.rdr import CACHE_FILE, read_cache
+
+    cache = rationale_dir(dataset) / CACHE_FILE
+    recs = read_cache(cache) if cache.is_file() else {}
+    if not recs:
+        return None
+    gens = {json.dumps(r["gen"], sort_keys=True) for r in recs.values()}
+    first = next(iter(recs.values()))
+    return {"n": len(recs), "model_id": first["model_id"], "dtype": first["gen"].get("dtype", "float32"),
+            "max_new_tokens": first["gen"]["max_new_tokens"], "mixed": len(gens) > 1,
+            "file": str(cache.relative_to(ROOT))}
 
 
 def _teacher_facts(plan, sections: list[dict], model: str = "SASRec") -> dict | None:
