@@ -224,3 +224,15 @@ def test_the_rdr_part_says_how_its_rationales_were_made():
     facts = et._rationale_facts("lastfm-loo")
     assert facts["n"] == len(read_cache(cache)) and facts["dtype"] == "float32" and not facts["mixed"]
     assert et._rationale_facts("no-such-split") is None
+
+
+def test_a_view_file_is_found_under_the_plans_run_id(tmp_path):
+    # a leave-one-out plain record is the converged run's record, whose own run id names no teacher
+    view = {"k": 8, "rows": 4, "silhouette": -0.02, "knn_agree": 0.18, "knn_chance": 0.15, "points": {}}
+    p = et.view_path("plan-id__plain__s1", str(tmp_path))
+    p.parent.mkdir(parents=True)
+    p.write_text(json.dumps({"rdr_view": view}))
+    per_arm = {"plain": {1: {"run_id": "converged-id__s1"}}}
+    assert et.rationale_views(per_arm, str(tmp_path)) == []
+    got = et.rationale_views(per_arm, str(tmp_path), {"plain": {1: "plan-id__plain__s1"}})
+    assert len(got) == 1 and got[0]["arm"] == "plain" and got[0]["seeds"] == [1]

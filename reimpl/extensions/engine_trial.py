@@ -449,16 +449,18 @@ def _sections(plan, trial: dict, base: dict, tuned: dict | None, converged: dict
     runs = plan.runs(tuned)
     sections = []
     for m in plan.models:
-        per_arm = {}
+        per_arm, run_ids = {}, {}   # run_ids: the plan's id of each record (a LOO plain record is the converged run's)
         for arm, (b_arm, ext, _what) in ARMS.items():
-            seeds = {}
+            seeds, ids = {}, {}
             for r in runs:
                 if r.model != m or r.arm != b_arm:
                     continue
                 rec = base.get(r.run_id) if ext is None else _trial_record(trial, TrialRun(r, arm))
                 if rec is not None:
                     seeds[r.seed] = rec
+                    ids[r.seed] = r.run_id if ext is None else TrialRun(r, arm).run_id
             per_arm[arm] = seeds
+            run_ids[arm] = ids
         rows, tests = [], []
         for arm, seeds in per_arm.items():
             vals = [_metric(x) for x in seeds.values()]
@@ -478,11 +480,11 @@ def _sections(plan, trial: dict, base: dict, tuned: dict | None, converged: dict
         sections.append({"model": m, "rows": rows, "softmax": ref, "contrasts": contrasts(per_arm),
                          "n_trial_arms": sum(1 for a, x in per_arm.items() if x and a not in ("plain", "dllm2rec")),
                          "buckets": bucket_rows(per_arm, split_targets(runs[0]) if runs else None),
-                         "reliability": pooled_reliability(per_arm), "views": rationale_views(per_arm, store_root)})
+                         "reliability": pooled_reliability(per_arm), "views": rationale_views(per_arm, store_root, run_ids)})
     return sections
 
 
-def rationale_views(per_arm: dict, store_root: str | None = None) -> list[dict]:
+def rationale_views(per_arm: dict, store_root: str | None = None, run_ids: dict | None = None) -> list[dict]:
     """Per arm with rationale views (an RDR arm's records; a plain / dllm2rec run's view file): silhouette and
     10-NN agreement over seeds, chance, and the lowest seed's points for the figure."""
     out = []
@@ -491,7 +493,8 @@ def rationale_views(per_arm: dict, store_root: str | None = None) -> list[dict]:
         for seed, rec in sorted(seeds.items()):
             v = rec.get("rdr_view")
             if v is None:
-                p = view_path(rec["run_id"], store_root)
+                # the view file is named by the plan's run id, which a LOO plain record (the converged run) lacks
+                p = view_path(((run_ids or {}).get(arm) or {}).get(seed, rec["run_id"]), store_root)
                 v = json.loads(p.read_text())["rdr_view"] if p.is_file() else None
             if v is not None:
                 views[seed] = v
