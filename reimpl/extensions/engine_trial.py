@@ -480,7 +480,8 @@ def _sections(plan, trial: dict, base: dict, tuned: dict | None, converged: dict
         sections.append({"model": m, "rows": rows, "softmax": ref, "contrasts": contrasts(per_arm),
                          "n_trial_arms": sum(1 for a, x in per_arm.items() if x and a not in ("plain", "dllm2rec")),
                          "buckets": bucket_rows(per_arm, split_targets(runs[0]) if runs else None),
-                         "reliability": pooled_reliability(per_arm), "views": rationale_views(per_arm, store_root, run_ids)})
+                         "reliability": pooled_reliability(per_arm),
+                         "views": rationale_views(per_arm, store_root, run_ids)})
     return sections
 
 
