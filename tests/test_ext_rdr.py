@@ -163,3 +163,8 @@ def test_the_committed_lastfm_rationales_keep_their_keys():
     rec = next(iter(read_cache(cache).values()))
     gdict = {"max_new_tokens": et.RATIONALE_GEN["max_new_tokens"], "greedy": True}
     assert "lastfm-loo" not in et.RATIONALE_DTYPE and rec["key"] == cache_key(rec["model_id"], rec["prompt"], gdict)
+
+
+def test_an_unknown_generation_dtype_is_refused():
+    with pytest.raises(ValueError, match="GenParams.dtype must be one of"):
+        GenParams(dtype="float16")

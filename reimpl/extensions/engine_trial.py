@@ -415,7 +415,8 @@ def summary(parts: list[dict], paired: list[dict], model: str = "SASRec") -> lis
         cons = {(c["arm"], c["against"]): c for c in sec["contrasts"]}
         for method, arm, against in SUMMARY:
             d = rows[arm]["delta"][against] if against in ("dllm2rec", "plain") else cons.get((arm, against))
-            if d is None or (d["n"] == 0 and "@" in part["dataset"]):   # a second teacher: what it has only
+            # a plan named apart from its split (a second teacher on it) lists only what it has records for
+            if d is None or (d["n"] == 0 and part["dataset"] != part["plan"].dataset):
                 continue
             out.append({"dataset": part["dataset"], "method": method, "arm": arm, "against": against, "n": d["n"],
                         "mean": d.get("mean"), "half": d.get("half"), "p": d.get("p_holm"),
@@ -455,10 +456,11 @@ def _sections(plan, trial: dict, base: dict, tuned: dict | None, converged: dict
             for r in runs:
                 if r.model != m or r.arm != b_arm:
                     continue
-                rec = base.get(r.run_id) if ext is None else _trial_record(trial, TrialRun(r, arm))
+                run = r if ext is None else TrialRun(r, arm)
+                rec = base.get(run.run_id) if ext is None else _trial_record(trial, run)
                 if rec is not None:
                     seeds[r.seed] = rec
-                    ids[r.seed] = r.run_id if ext is None else TrialRun(r, arm).run_id
+                    ids[r.seed] = run.run_id
             per_arm[arm] = seeds
             run_ids[arm] = ids
         rows, tests = [], []

@@ -49,12 +49,19 @@ class RDRConfig:
     proj_seed: int = 0
 
 
+GEN_DTYPES = ("float32", "bfloat16")
+
+
 @dataclass
 class GenParams:
     max_new_tokens: int = 40
     batch_size: int = 8
     max_history: int = 10          # most recent history items named in the prompt
     dtype: str = "float32"         # the LLM's weights and activations while generating ("bfloat16": ~1.8x here)
+
+    def __post_init__(self) -> None:
+        if self.dtype not in GEN_DTYPES:
+            raise ValueError(f"GenParams.dtype must be one of {GEN_DTYPES}, got {self.dtype!r}")
 
 
 def build_prompt(history: Sequence[str], target: str, template: str | None = None) -> str:
@@ -122,8 +129,6 @@ def generate_rationales(rows: Sequence[int], prompts: Sequence[str], cache_dir: 
     if len(rows) != len(prompts):
         raise ValueError(f"generate_rationales: {len(rows)} rows but {len(prompts)} prompts")
     gen = gen or GenParams()
-    if gen.dtype not in ("float32", "bfloat16"):
-        raise ValueError(f"generate_rationales: GenParams.dtype must be float32 or bfloat16, got {gen.dtype!r}")
     gdict = {"max_new_tokens": gen.max_new_tokens, "greedy": True}
     if gen.dtype != "float32":   # float32 keys stay what they were before the field existed
         gdict["dtype"] = gen.dtype
@@ -140,9 +145,9 @@ def generate_rationales(rows: Sequence[int], prompts: Sequence[str], cache_dir: 
         if model is None or tokenizer is None:
             from reimpl.llm.real import load_smollm2
             model, tokenizer = load_smollm2(getattr(torch, gen.dtype))
-        if next(model.parameters()).dtype != getattr(torch, gen.dtype):   # the key names the dtype
-            raise ValueError(f"generate_rationales: the model is {next(model.parameters()).dtype}, GenParams.dtype "
-                             f"says {gen.dtype}")
+        have = next(model.parameters()).dtype
+        if have != getattr(torch, gen.dtype):   # the key names the dtype
+            raise ValueError(f"generate_rationales: the model is {have}, GenParams.dtype says {gen.dtype}")
         tokenizer.padding_side = "left"
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
