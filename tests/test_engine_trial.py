@@ -182,6 +182,22 @@ def test_the_committed_extensions_report_is_current(tmp_path):
     assert et.report(out=tmp_path / "extensions.md") == (REPORTS / "extensions.md").read_text()
 
 
+def test_a_second_teacher_part_lists_only_the_arms_it_ran():
+    """A part named apart from its split (``@8k``) is a check on the main teacher's verdicts: no pending arm rows."""
+    import re
+
+    from reimpl.paths import REPORTS
+
+    if not (REPORTS / "extensions.md").is_file():
+        pytest.skip("reports/extensions.md not rendered yet")
+    parts = re.split(r"^# ", (REPORTS / "extensions.md").read_text(), flags=re.M)
+    second = [p for p in parts if p.split(":")[0].endswith("@8k")]
+    assert second, "no second-teacher part in reports/extensions.md"
+    for part in second:
+        assert "A second teacher on" in part
+        assert not re.findall(r"^\| [\w-]+ \| [^|]* \| 0 \| pending", part, flags=re.M)
+
+
 @pytest.mark.skipif(not (DATA / "ilora" / "lastfm").is_dir(), reason="needs ../shared/data/ilora/lastfm")
 def test_an_rdr_arm_keeps_its_rationale_view(tmp_path, monkeypatch):
     """The rdr arm trains with the committed-JSONL vector store (real MiniLM) and stores the selected student's view."""

@@ -347,6 +347,7 @@ def report(datasets: tuple = LOO_PLANS, store_root: str | None = None, out: Path
         part["uncertainty"] = _uncertainty_meta(part["plan"])
         part["teacher"] = _teacher_facts(part["plan"], part["sections"])
         part["rationales"] = _rationale_facts(part["plan"].dataset)
+        part["second"] = part["dataset"] != part["plan"].dataset   # a second teacher on a split: a check, not the trial
     cdr = cdr_rows(Store(store_root).records("extensions-cdr"))
     paired = cdr_paired(cdr)
     text = template_env(Path(__file__).parent / "templates").get_template("engine_trial.md.j2").render(
