@@ -119,6 +119,7 @@ def test_the_report_shows_cdr_rounds(tmp_path):
     cdr = text[text.index("# CDR"):]
     assert "| 1 | 0.0350 | 0.0700 | 0.250 | – | 10 | 20 | 30 |" in cdr and "Round 0 equals the stored `kd`" in cdr
     assert "| d | SASRec | copy | 1 | 0.0300 | 0.0350 | 0.0050 | – |" in cdr   # one seed: no interval, no p
+    assert "| d | copy | 40 | – | – | – |" in cdr   # no refinement curve, no item count, no teacher file
     assert (tmp_path / "figures" / "ext_engine_cdr.png").is_file()
 
 

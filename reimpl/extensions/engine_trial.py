@@ -579,10 +579,22 @@ def cdr_paired(cdr: list[dict]) -> list[dict]:
     for c in cdr:
         split, model, *_, seed = c["run"].split("__")   # <split>__<model>__<tag>__kd__<teacher>__s<seed>
         if len(c["rounds"]) > 1:
-            g = groups.setdefault((split, model, c["cdr"].get("init", "copy")), ({}, {}))
+            g = groups.setdefault((split, model, c["cdr"].get("init", "copy")), ({}, {}, [], []))
             g[0][seed], g[1][seed] = c["rounds"][1]["ndcg10"], c["rounds"][0]["ndcg10"]
-    return [{"split": k[0], "model": k[1], "init": k[2], "round0": ci95(list(v[1].values())),
-             "round1": ci95(list(v[0].values())), **dz.paired_delta(*v)} for k, v in sorted(groups.items())]
+            r0, r1 = c["rounds"][0], c["rounds"][1]
+            if r1["refine"]:   # how good the round-1 teacher is: its refinement's end CE and its export's rate
+                g[2].append(float(np.mean(r1["refine"][1])))
+            g[3].append((r0["target_in_top10"], r1["target_in_top10"], c["ln_items"], c["cdr"]["refine_rows"]))
+    out = []
+    for k, (r1, r0, ce_end, rates) in sorted(groups.items()):
+        first = [x for x in rates if None not in x[:2]]
+        out.append({"split": k[0], "model": k[1], "init": k[2], "round0": ci95(list(r0.values())),
+                    "round1": ci95(list(r1.values())), **dz.paired_delta(r1, r0),
+                    "refine_end_ce": ci95(ce_end) if ce_end else None, "uniform_ce": rates[0][2],
+                    "refine_rows": rates[0][3],
+                    "rate0": float(np.mean([x[0] for x in first])) if first else None,
+                    "rate1": float(np.mean([x[1] for x in first])) if first else None})
+    return out
 
 
 def plot_cdr(cdr: list[dict], figdir: Path) -> str | None:
