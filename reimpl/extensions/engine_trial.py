@@ -300,6 +300,15 @@ def _job(args: tuple) -> str:
 
 
 # ------------------------------------------------------------------------------------------------ report
+def _cost(records) -> dict | None:
+    """Mean wall-clock minutes per run (train + evaluation) and mean epochs run, over ``records``; None without."""
+    recs = [r for r in records if r.get("timing", {}).get("wall_s") is not None]
+    if not recs:
+        return None
+    return {"min": float(np.mean([r["timing"]["wall_s"] for r in recs])) / 60,
+            "epochs": float(np.mean([r.get("epochs_run", 0) for r in recs]))}
+
+
 def _metric(rec: dict, metric: str = "ndcg", k: int = 10) -> float:
     return best_row(rec)["test"][metric][rec["config"]["engine"]["student"]["topk"].index(k)]
 
@@ -468,7 +477,8 @@ def _sections(plan, trial: dict, base: dict, tuned: dict | None, converged: dict
         for arm, seeds in per_arm.items():
             vals = [_metric(x) for x in seeds.values()]
             row = {"arm": arm, "what": ARMS[arm][2], "n": len(vals), "ndcg10": ci95(vals) if vals else None,
-                   "hr10": ci95([_metric(x, "hr") for x in seeds.values()]) if vals else None, "delta": {}}
+                   "hr10": ci95([_metric(x, "hr") for x in seeds.values()]) if vals else None, "delta": {},
+                   "cost": _cost(seeds.values())}
             for against in ("dllm2rec", "plain"):   # an arm against itself: all-zero differences, p NaN
                 row["delta"][against] = dz.paired_delta({s: _metric(x) for s, x in seeds.items()},
                                                         {s: _metric(x) for s, x in per_arm[against].items()})
