@@ -183,6 +183,12 @@ def test_the_committed_extensions_report_is_current(tmp_path):
     assert et.report(out=tmp_path / "extensions.md") == (REPORTS / "extensions.md").read_text()
 
 
+def test_cost_per_arm_is_the_mean_minutes_and_epochs_of_its_runs():
+    recs = [{"timing": {"wall_s": 120.0}, "epochs_run": 10}, {"timing": {"wall_s": 240.0}, "epochs_run": 21}]
+    assert et._cost(recs) == {"min": 3.0, "epochs": 15.5}
+    assert et._cost([]) is None and et._cost([{"timing": {}}]) is None
+
+
 def test_a_second_teacher_part_lists_only_the_arms_it_ran():
     """A part named apart from its split (``@8k``) is a check on the main teacher's verdicts: no pending arm rows."""
     import re
