@@ -425,8 +425,7 @@ def summary(parts: list[dict], paired: list[dict], model: str = "SASRec") -> lis
         cons = {(c["arm"], c["against"]): c for c in sec["contrasts"]}
         for method, arm, against in SUMMARY:
             d = rows[arm]["delta"][against] if against in ("dllm2rec", "plain") else cons.get((arm, against))
-            # a plan named apart from its split (a second teacher on it) lists only what it has records for
-            if d is None or (d["n"] == 0 and part["dataset"] != part["plan"].dataset):
+            if d is None or (d["n"] == 0 and part["second"]):   # a second teacher: only what it has records for
                 continue
             out.append({"dataset": part["dataset"], "method": method, "arm": arm, "against": against, "n": d["n"],
                         "mean": d.get("mean"), "half": d.get("half"), "p": d.get("p_holm"),
@@ -589,21 +588,24 @@ def cdr_paired(cdr: list[dict]) -> list[dict]:
     for c in cdr:
         split, model, *_, seed = c["run"].split("__")   # <split>__<model>__<tag>__kd__<teacher>__s<seed>
         if len(c["rounds"]) > 1:
-            g = groups.setdefault((split, model, c["cdr"].get("init", "copy")), ({}, {}, [], []))
-            g[0][seed], g[1][seed] = c["rounds"][1]["ndcg10"], c["rounds"][0]["ndcg10"]
             r0, r1 = c["rounds"][0], c["rounds"][1]
+            g = groups.setdefault((split, model, c["cdr"].get("init", "copy")), {
+                "round1": {}, "round0": {}, "ce_end": [], "rates": [],
+                "uniform_ce": c["ln_items"], "refine_rows": c["cdr"]["refine_rows"]})
+            g["round1"][seed], g["round0"][seed] = r1["ndcg10"], r0["ndcg10"]
             if r1["refine"]:   # how good the round-1 teacher is: its refinement's end CE and its export's rate
-                g[2].append(float(np.mean(r1["refine"][1])))
-            g[3].append((r0["target_in_top10"], r1["target_in_top10"], c["ln_items"], c["cdr"]["refine_rows"]))
+                g["ce_end"].append(float(np.mean(r1["refine"][1])))
+            if r0["target_in_top10"] is not None and r1["target_in_top10"] is not None:
+                g["rates"].append((r0["target_in_top10"], r1["target_in_top10"]))
     out = []
-    for k, (r1, r0, ce_end, rates) in sorted(groups.items()):
-        first = [x for x in rates if None not in x[:2]]
-        out.append({"split": k[0], "model": k[1], "init": k[2], "round0": ci95(list(r0.values())),
-                    "round1": ci95(list(r1.values())), **dz.paired_delta(r1, r0),
-                    "refine_end_ce": ci95(ce_end) if ce_end else None, "uniform_ce": rates[0][2],
-                    "refine_rows": rates[0][3],
-                    "rate0": float(np.mean([x[0] for x in first])) if first else None,
-                    "rate1": float(np.mean([x[1] for x in first])) if first else None})
+    for (split, model, init), g in sorted(groups.items()):
+        rates = np.array(g["rates"]).mean(0) if g["rates"] else (None, None)
+        out.append({"split": split, "model": model, "init": init, "round0": ci95(list(g["round0"].values())),
+                    "round1": ci95(list(g["round1"].values())), **dz.paired_delta(g["round1"], g["round0"]),
+                    "refine_end_ce": ci95(g["ce_end"]) if g["ce_end"] else None, "uniform_ce": g["uniform_ce"],
+                    "refine_rows": g["refine_rows"],
+                    "rate0": None if rates[0] is None else float(rates[0]),
+                    "rate1": None if rates[1] is None else float(rates[1])})
     return out
 
 
