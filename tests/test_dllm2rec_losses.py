@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from reimpl.dllm2rec import losses as L
-from reimpl.dllm2rec.weights import rd_weights
+from reimpl.dllm2rec.weights import candidates_in_topk, rd_weights, student_topk_set
 
 SETTINGS = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 I, SEQ = 23, 10
@@ -102,6 +102,27 @@ def test_fixed_rd_finite_and_weights_normalized(seed, B, K, scale):
     ps = torch.tensor(L.propensity_scores(np.arange(40) % I, I))
     neg = torch.randint(0, I, (B, 1), generator=g)
     assert torch.isfinite(L.rd_loss(out, cand, neg, w.weight, ps, 1.0, mode="fixed"))
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 10_000), B=st.sampled_from([1, 3, 17]), n=st.sampled_from([4, 12, 40]),
+       K=st.sampled_from([1, 3, 10]), levels=st.sampled_from([0, 3, 50]), nan=st.booleans(),
+       dtype=st.sampled_from([torch.float32, torch.float64]))
+def test_candidates_in_topk_is_the_full_selection(seed, B, n, K, levels, nan, dtype):
+    """The screened membership equals main.py's full top-K selection (ties via few levels, NaNs, K >= I)."""
+    g = torch.Generator().manual_seed(seed)
+    scores = torch.randn(B, n, generator=g, dtype=dtype)
+    if levels:
+        scores = (scores * levels).round()  # many ties, also at the cut
+    if nan:
+        scores[torch.rand(B, n, generator=g) < 0.1] = float("nan")
+    cand = torch.stack([torch.randperm(n, generator=g)[:min(K, n)] for _ in range(B)])
+    top = student_topk_set(scores, cand.size(1))
+    full = (cand.unsqueeze(2) == top.unsqueeze(1)).any(2)
+    assert torch.equal(candidates_in_topk(scores, cand), full)
+    conf = torch.rand(cand.shape, generator=g)
+    screened = rd_weights(scores, cand, conf, member=candidates_in_topk(scores, cand))
+    assert torch.equal(screened.weight, rd_weights(scores, cand, conf).weight)
 
 
 def test_rd_neg_term_is_shifted():

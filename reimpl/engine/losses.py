@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from reimpl.dllm2rec.weights import rd_weights
+from reimpl.dllm2rec.weights import candidates_in_topk, rd_weights
 
 OBJECTIVES = ("bce", "softmax")
 
@@ -128,7 +128,7 @@ def loss(out: torch.Tensor, target: torch.Tensor, neg: torch.Tensor | None, obj:
         total = total + obj.alpha * parts["dro"]
     if obj.lam != 0:
         w = rd_weights(out, cand, confidence[:, :K], obj.gamma_position, obj.gamma_confidence,
-                       obj.gamma_consistency, obj.rank_temperature).weight
+                       obj.gamma_consistency, obj.rank_temperature, member=candidates_in_topk(out, cand)).weight
         if kd_weight is not None:
             f = kd_weight(out)
             if f.shape != (B,):
