@@ -241,7 +241,12 @@ def render(rows: list[dict], out: Path, note: str, peak: float = PEAK_GFLOPS_PER
         for side in ("ref", "eng"):
             for k in ("load_before", "load_after"):
                 r[side][k] = _load_text(r[side][k])
-        view.append({**r, "goal": 20 if r["variant"].startswith("kd") else 10, "variant_label": LABELS[r["variant"]],
+        goal = 20 if r["variant"].startswith("kd") else 10
+        steps = r["eng"]["steps"]
+        view.append({**r, "goal": goal, "variant_label": LABELS[r["variant"]],
+                     "budget_ms": 1e3 * r["ref"]["epoch_cpu_s"] / steps / goal,
+                     "floor_ms": 1e3 * r["eng"]["flops_per_step"] / (peak * 1e9),
+                     "step_ms": 1e3 * r["eng"]["epoch_cpu_s"] / steps,
                      "speedup_wall": r["ref"]["epoch_s"] / r["eng"]["epoch_s"],
                      "speedup_cpu": r["ref"]["epoch_cpu_s"] / r["eng"]["epoch_cpu_s"],
                      "gflops": gf, "peak_pct": 100 * gf / peak})

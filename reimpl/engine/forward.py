@@ -15,16 +15,13 @@
   layer norm are computed at that position only (``[B, H]`` instead of ``[B, L, H]``); keys and values use
   every position, as they must. The 1x1 ``Conv1d`` layers of the feed-forward block are applied as the
   matrix products they are (``F.linear`` with the ``[H, H, 1]`` weight viewed ``[H, H]``; ~8x faster here).
-  Keys and values come from one product with the stacked ``[2H, H]`` weight. Dropout has the model's modules'
-  law (:func:`reimpl.engine.dropout.dropout`, from uniforms: ~1.5x faster than ``bernoulli_`` here); the
-  attention and feed-forward dropouts act on the read position's elements only: the same law per element,
-  fewer draws. With one head (the default) the head split is the identity.
+  Dropout is the model's modules; the attention and feed-forward dropouts act on the read position's elements
+  only: the same law per element, fewer draws. With one head (the default) the head split is the identity.
 * Caser (:func:`caser_repr`): each horizontal ``Conv2d(1, F, (h, H))`` is ``sum_r x[t + r] . W[r]``, computed as
   one product of ``x`` with every filter row at once (per distinct id: ``x`` depends only on the id) followed
   by shifted sums with a hand-written backward, and the vertical ``Conv2d(1, 1, (L, 1))`` a weighted sum over
   positions; the same sums as main.py:124-137 without the convolution kernels (whose CPU backward dominates
-  the step). Dropout has the model's law
-  (:func:`reimpl.engine.dropout.dropout`), on the same ``[B, F * n + H]`` tensor.
+  the step). Dropout is the model's, on the same ``[B, F * n + H]`` tensor (same draws).
 * Scores at a few columns (:func:`scores_at`): every student ends in ``s_fc(r)`` with ``r`` ``[B, D]`` its
   sequence representation, and ``s_fc(r)[b, j] = r_b . W_j + c_j``. When a loss reads only ``[B, J]``
   columns (the BCE with one negative and no DRO / distillation) the ``[B, I]`` head is not computed.
@@ -39,7 +36,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from reimpl.dllm2rec.injection import LOOKUP_DTYPE, ProjectedLLMEmb, inject
-from reimpl.engine.dropout import dropout
 from reimpl.engine.gru import GRURecurrence, packed_steps
 from reimpl.models import GRU, Caser, SASRec
 from reimpl.models.sasrec import MASK_VALUE
@@ -174,7 +170,7 @@ def sasrec_repr(m: SASRec, states: torch.Tensor, len_states: torch.Tensor, llm=N
         raise ValueError(f"SASRec: states must be [B, state_size={m.state_size}], got [{B}, {L}]")
     x = inject(m.item_embeddings(states), llm, m.fc_4096_64, m.ed_weight) + m.positional_embeddings.weight
     mask = torch.ne(states, m.item_num).float().unsqueeze(-1)  # [B, L, 1]
-    seq = dropout(m.emb_dropout, x) * mask
+    seq = m.emb_dropout(x) * mask
     rows = torch.arange(B, device=states.device)
     pos = (len_states.to(states.device) - 1) % L  # len 0 reads position -1 = L - 1, as the reference does
     att = m.mh_attn
@@ -184,24 +180,20 @@ def sasrec_repr(m: SASRec, states: torch.Tensor, len_states: torch.Tensor, llm=N
     # forward and concatenate its gradient backward for nothing
     heads = (lambda t: t) if nh == 1 else (lambda t: torch.cat(t.split(t.size(-1) // nh, dim=-1), dim=0))  # noqa: E731
     q = heads(att.linear_q(q_in)).unsqueeze(1)  # [h*B, 1, C/h]
-    # keys and values in one product (one [H, 2H] weight: half the GEMM calls forward and backward)
-    C = att.linear_k.out_features
-    kv = F.linear(seq, torch.cat([att.linear_k.weight, att.linear_v.weight]),
-                  torch.cat([att.linear_k.bias, att.linear_v.bias]))  # [B, L, 2C]
-    k, v = heads(kv[..., :C]), heads(kv[..., C:])  # [h*B, L, C/h]
+    k, v = heads(att.linear_k(seq)), heads(att.linear_v(seq))  # [h*B, L, C/h]
     logits = torch.bmm(q, k.transpose(1, 2)) / att.hidden_size ** 0.5  # [h*B, 1, L]
     key_valid = seq.sum(-1).abs().sign().repeat(nh, 1)[:, None, :]
     logits = torch.where(key_valid == 0, MASK_VALUE, logits)
     causal = torch.arange(L, device=states.device)[None, :] <= pos[:, None]  # [B, L]
     logits = torch.where(causal.repeat(nh, 1)[:, None, :], logits, MASK_VALUE)
     a = torch.softmax(logits, dim=-1) * q_in.sum(-1).abs().sign().repeat(nh)[:, None, None]  # query mask
-    h = torch.bmm(dropout(att.dropout, a), v).squeeze(1)  # [h*B, C/h]
+    h = torch.bmm(att.dropout(a), v).squeeze(1)  # [h*B, C/h]
     h = (h if nh == 1 else torch.cat(h.split(B, dim=0), dim=1)) + q_in  # [B, H], residual to the queries
     ff = m.feed_forward
     z = m.ln_2(h)
     out = F.linear(F.relu(F.linear(z, ff.w_1.weight.squeeze(-1), ff.w_1.bias)), ff.w_2.weight.squeeze(-1),
                    ff.w_2.bias)
-    z = ff.layer_norm(dropout(ff.dropout, out) + z)
+    z = ff.layer_norm(ff.dropout(out) + z)
     return m.ln_3(z * mask[rows, pos])
 
 
@@ -257,4 +249,4 @@ def caser_repr(m: Caser, states: torch.Tensor, table_ext: torch.Tensor | None = 
     pooled = [F.relu(conv.bias + c).max(dim=1).values for conv, c in zip(m.horizontal_cnn, sums)]
     x = xu.index_select(0, flat).view(B, L, H)
     v = F.relu(torch.einsum("blh,l->bh", x, m.vertical_cnn.weight.view(L)) + m.vertical_cnn.bias)  # [B, H]
-    return dropout(m.dropout, torch.cat([*pooled, v], 1))
+    return m.dropout(torch.cat([*pooled, v], 1))
