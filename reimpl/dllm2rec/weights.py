@@ -46,6 +46,11 @@ def student_topk_set(scores: torch.Tensor, k: int) -> torch.Tensor:
     return idx
 
 
+def _in_set(candidates: torch.Tensor, top: torch.Tensor) -> torch.Tensor:
+    """``[B, K]`` bool: ``candidates[b, k]`` is one of ``top[b]`` (``[B, k]`` ids)."""
+    return (candidates.unsqueeze(2) == top.unsqueeze(1)).any(dim=2)
+
+
 def candidates_in_topk(scores: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
     """``[B, K]`` bool: ``candidates[b, k]`` is in :func:`student_topk_set` ``(scores, K)[b]``, the same answer,
     with the top-K selection run only on rows that need it.
@@ -57,14 +62,15 @@ def candidates_in_topk(scores: torch.Tensor, candidates: torch.Tensor) -> torch.
     s = scores.detach()
     best = s.gather(1, candidates).amax(1, keepdim=True)  # [B, 1]
     # s - best > 0 implies s > best in IEEE arithmetic, also with denormals flushed (which can only undercount,
-    # sending a row to the full selection); ~3x faster here than the broadcast comparison s > best
+    # sending a row to the full selection); ~3x faster here than the broadcast comparison s > best. A NaN best
+    # counts 0 items above it, so its row takes the full selection too.
     above = (s - best).gt_(0).sum(1)  # [B], exact counts (float sums of 0/1 below 2^24)
-    rows = (above < K) | torch.isnan(best).squeeze(1)
+    rows = above < K
     member = torch.zeros(candidates.shape, dtype=torch.bool, device=candidates.device)
     if bool(rows.any()):
         idx = rows.nonzero().squeeze(1)
         top = student_topk_set(s.index_select(0, idx), K)
-        member[idx] = (candidates[idx].unsqueeze(2) == top.unsqueeze(1)).any(dim=2)
+        member[idx] = _in_set(candidates[idx], top)
     return member
 
 
@@ -86,8 +92,7 @@ def rd_weights(model_output: torch.Tensor, candidates: torch.Tensor, confidence:
     w_static = w_static.unsqueeze(0).repeat(B, 1)
     w_rank = (w_static / w_static.sum(1, keepdim=True)).to(candidates.device)
     if member is None:
-        top = student_topk_set(model_output.detach(), K)
-        member = (candidates.unsqueeze(2) == top.unsqueeze(1)).any(dim=2)
+        member = _in_set(candidates, student_topk_set(model_output.detach(), K))
     w_cons = member.int() + 1e-8
     w_conf = torch.exp(-confidence) + 1e-8
     w_conf = w_conf / w_conf.sum(1, keepdim=True)

@@ -50,21 +50,19 @@ def train_record(plan: str, run_id: str, config: dict, digest: str, data_meta: d
     if finish is not None:
         finish(res, rec)
     if old is not None:   # reproduce: the new run must be the stored one, epoch by epoch
+        from reimpl.results.store import code_version
+
         keys = ("epoch", "loss", "val", "test")
         a = [{k: h.get(k) for k in keys} for h in old["history"]]
         b = [{k: h.get(k) for k in keys} for h in json.loads(json.dumps(rec["history"]))]
         if a != b:
             i = next(i for i, (x, y) in enumerate(zip(a + [None], b + [None])) if x != y)
-            from reimpl.results.store import code_version
-
             stored, now = (a[i] if i < len(a) else None), (b[i] if i < len(b) else None)
             raise RecordMismatch(f"{store.path(plan, run_id)}: reproducing the run gave another history from epoch "
                                  f"{i + 1} (stored {stored}, now {now}); the record was trained by code "
                                  f"{old.get('code')}, this is {code_version()}: the engine's summation order (and so "
                                  f"the trajectory) is fixed per code version only (docs/notes.md, session 12), so "
                                  f"reproduce at the record's commit")
-        from reimpl.results.store import code_version
-
         rec = {**old, "selected": rec.get("selected"),
                "reproduced": {"at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "code": code_version(),
                               "wall_s": round(time.perf_counter() - t0, 1), "identical_history": True}}
