@@ -192,6 +192,9 @@ def _engine_child(model: str, variant: str, work: str) -> None:
     sess.step(rows)
     with FlopCounterMode(display=False) as fc:
         sess.step(rows)
+    with _Products() as pr:
+        sess.step(rows)
+    products_ms = pr.replay_ms()
     cpu = []
     t_start = time.process_time()
     last = [t_start]
@@ -205,7 +208,75 @@ def _engine_child(model: str, variant: str, work: str) -> None:
     wall = [h["train_s"] for h in res["history"]]
     nb = int(len(data.train_next) / s.batch_size)
     print(json.dumps({"epoch_s": statistics.median(wall), "epoch_cpu_s": statistics.median(cpu),
-                      "epochs_wall_s": wall, "flops_per_step": fc.get_total_flops(), "steps": nb}))
+                      "epochs_wall_s": wall, "flops_per_step": fc.get_total_flops(), "steps": nb,
+                      "products_ms": products_ms, "products_calls": len(pr.calls)}))
+
+
+PRODUCTS = ("mm", "addmm", "bmm", "baddbmm", "convolution", "_convolution", "addbmm")
+
+
+def _products_mode():
+    import torch
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    def spec(x):
+        if isinstance(x, torch.Tensor):
+            return ("T", tuple(x.shape), tuple(x.stride()), x.dtype)
+        if isinstance(x, (list, tuple)):
+            return type(x)(spec(v) for v in x)
+        return x
+
+    def build(x):
+        if isinstance(x, tuple) and x and x[0] == "T":
+            n = 1 + sum((d - 1) * st for d, st in zip(x[1], x[2]) if d > 0)  # storage the strides reach
+            return torch.randn(n, dtype=x[3]).as_strided(x[1], x[2])  # stride 0 (expanded grads) included
+        if isinstance(x, (list, tuple)):
+            return type(x)(build(v) for v in x)
+        return x
+
+    class Products(TorchDispatchMode):
+        """Records every matrix product / convolution of what runs inside it (forward and backward) with its
+        operands' shapes, strides and dtype; :meth:`replay_ms` times each one alone on fresh operands."""
+
+        def __init__(self):
+            super().__init__()
+            self.calls = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            if func.overloadpacket.__name__ in PRODUCTS:
+                self.calls.append((func, spec(args), spec(kwargs)))
+            return func(*args, **kwargs)
+
+        def replay_ms(self, reps: int = 20) -> float:
+            """Sum over the recorded calls of the median CPU time of one call (operands in cache: a lower bound
+            of what the products cost inside the step)."""
+            total = 0.0
+            for func, a, k in self.calls:
+                a, k = build(a), build(k)
+                for _ in range(3):
+                    func(*a, **k)
+                ts = []
+                for _ in range(reps):
+                    t = time.process_time()
+                    func(*a, **k)
+                    ts.append(time.process_time() - t)
+                total += statistics.median(ts)
+            return 1e3 * total
+
+    return Products()
+
+
+class _Products:
+    """Context manager over :func:`_products_mode` (the mode class needs torch, imported in the child only)."""
+
+    def __enter__(self):
+        self.mode = _products_mode()
+        self.mode.__enter__()
+        return self.mode
+
+    def __exit__(self, *exc):
+        return self.mode.__exit__(*exc)
 
 
 def _peak_child() -> None:
@@ -247,6 +318,7 @@ def render(rows: list[dict], out: Path, note: str, peak: float = PEAK_GFLOPS_PER
                      "budget_ms": 1e3 * r["ref"]["epoch_cpu_s"] / steps / goal,
                      "floor_ms": 1e3 * r["eng"]["flops_per_step"] / (peak * 1e9),
                      "step_ms": 1e3 * r["eng"]["epoch_cpu_s"] / steps,
+                     "products_ms": r["eng"].get("products_ms"),  # absent in results cached before it was timed
                      "speedup_wall": r["ref"]["epoch_s"] / r["eng"]["epoch_s"],
                      "speedup_cpu": r["ref"]["epoch_cpu_s"] / r["eng"]["epoch_cpu_s"],
                      "gflops": gf, "peak_pct": 100 * gf / peak})

@@ -35,3 +35,32 @@ def test_teacher_cost_table_from_records(tmp_path):
     assert abs(rows[0]["gflops"] - 50.0 * 2 * 2 * 3538944 * 6 / 1e9) < 1e-9
     assert rows[1]["tokens_per_s"] == 2500.0
     assert "python -m reimpl.teachers.run e4srec" in teachers.render(rows)
+
+
+def test_products_are_recorded_forward_and_backward_and_replayed():
+    import torch
+
+    from benchmarks.epochs import _Products
+
+    w = torch.randn(5, 3, requires_grad=True)
+    x = torch.randn(4, 3)
+    with _Products() as pr:
+        torch.nn.functional.linear(x, w, torch.zeros(5)).sum().backward()  # addmm forward, mm for w's gradient
+    names = [f.overloadpacket.__name__ for f, _, _ in pr.calls]
+    assert names[0] == "addmm" and "mm" in names[1:], names
+    assert pr.replay_ms(reps=2) > 0
+
+
+def test_verdict_names_what_the_rest_of_the_step_must_fit_in(tmp_path):
+    def row(m, v, products_ms):
+        return {"model": m, "variant": v,
+                "ref": {"epoch_s": 20.0, "epoch_cpu_s": 19.8, "load_before": "1/1/1", "load_after": "1/1/1"},
+                "eng": {"epoch_s": 4.0, "epoch_cpu_s": 3.96, "flops_per_step": 1e8, "steps": 198,
+                        "products_ms": products_ms, "load_before": "1/1/1", "load_after": "1/1/1"}}
+
+    # budget 19.8 s / 198 / 10 = 10 ms per step; the engine takes 20 ms
+    out = tmp_path / "b.md"
+    render([row("SASRec", "plain", 4.0), row("GRU", "plain", 12.0)], out, "", peak=100.0)
+    text = out.read_text()
+    assert "| 10.0 | 1.0 | 4.0 | 16.0 | 20.0 | not met: the rest of the step would have to fit in 6.0 ms (38 % of" in text
+    assert "| 12.0 | 8.0 | 20.0 | unreachable in exact fp32 on one thread" in text
