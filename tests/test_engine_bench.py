@@ -62,5 +62,6 @@ def test_verdict_names_what_the_rest_of_the_step_must_fit_in(tmp_path):
     out = tmp_path / "b.md"
     render([row("SASRec", "plain", 4.0), row("GRU", "plain", 12.0)], out, "", peak=100.0)
     text = out.read_text()
-    assert "| 10.0 | 1.0 | 4.0 | 16.0 | 20.0 | not met: the rest of the step would have to fit in 6.0 ms (38 % of" in text
+    assert ("| 10.0 | 1.0 | 4.0 | 16.0 | 20.0 | not met: the rest of the step would have to fit in 6.0 ms "
+            "(38 % of") in text
     assert "| 12.0 | 8.0 | 20.0 | unreachable in exact fp32 on one thread" in text
