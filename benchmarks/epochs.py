@@ -21,7 +21,13 @@ Achieved FLOP/s: matmul/conv FLOPs of one engine step counted by ``torch.utils.f
 (best of 5 one-thread 2048^3 SGEMMs in a child process; Zen 4 executes AVX-512 as 2 x 256-bit FMA, 32 flop per
 cycle, so the measured rate also tells the clock it runs at).
 
-Usage: ``python -m benchmarks.epochs [--models SASRec,GRU,Caser] [--variants kd,plain] [--out reports/bench_epochs.md]``
+Results: ``results/bench/epochs.json`` (committed), one section per machine (``machine()``: CPU model, family and
+model number, torch's kernel set), each row stamped with when it was measured; rows are written as they finish
+(atomically), and a run replaces only its own machine's rows. main.py's epochs are reused from the same machine's
+section unless ``--fresh-reference``; another machine's are never reused. The report renders every section.
+
+Usage: ``python -m benchmarks.epochs [--models SASRec,GRU,Caser] [--variants kd,kd-e4srec,plain] [--fresh-reference]
+[--note TEXT]``; ``--render-only`` rebuilds ``reports/bench_epochs.md`` from the store without measuring.
 """
 
 from __future__ import annotations
@@ -40,9 +46,11 @@ import numpy as np
 from reimpl.paths import DATA, REPORTS, ROOT, RUNS
 
 WORK = RUNS / "bench_epochs"
+STORE = ROOT / "results" / "bench" / "epochs.json"   # committed: the report rebuilds from it (--render-only)
+STORE_SCHEMA = 1
+MODELS = ("SASRec", "GRU", "Caser")
 ENGINE_EPOCHS = 2
-PEAK_GFLOPS_PER_CORE = 85.0   # fallback for results cached before the peak was measured (nominal 2.6 GHz x 32)
-VARIANTS = {"kd": [], "plain": ["--lam", "0", "--ed_weight", "0", "--alpha", "0"], "kd-e4srec": []}
+VARIANTS = {"kd": [], "kd-e4srec": [], "plain": ["--lam", "0", "--ed_weight", "0", "--alpha", "0"]}
 E4SREC = "e4srec-smollm2-l6-8000"   # the committed teacher export the distillation plan reads (results/teachers/)
 LABELS = {"kd": "default (lam 0.8, ed_weight 0.2, alpha 1), synthetic dense 4,096-d teacher table",
           "plain": "none",
@@ -302,30 +310,108 @@ def measure_peak() -> float:
     return float(json.loads(p.stdout.strip().splitlines()[-1])["sgemm_gflops"])
 
 
-def render(rows: list[dict], out: Path, note: str, peak: float = PEAK_GFLOPS_PER_CORE) -> None:
+def machine() -> dict:
+    """What the timings depend on: the CPU (model name, family and model number), the kernel set torch dispatches
+    to, torch and MKL builds (``reimpl.results.store.platform_info``). ``tag`` keys the store."""
+    import re
+
+    from parity.kernels import fingerprint
+    from reimpl.results.store import platform_info
+
+    p, fp = platform_info(), fingerprint()
+    m = {"cpu_vendor": fp["cpu_vendor"], "cpu_model": p["cpu"], "cpu_family": p["cpu_family"],
+         "cpu_model_number": p["cpu_model_number"], "torch_cpu_capability": p["torch_cpu_capability"],
+         "torch": p["torch"], "mkl": fp["mkl"]}
+    fam = f"-f{m['cpu_family']}-m{m['cpu_model_number']}" if m["cpu_family"] else ""
+    m["tag"] = re.sub(r"[^a-z0-9]+", "-", f"{m['cpu_model']}{fam}-{m['torch_cpu_capability']}".lower()).strip("-")
+    return m
+
+
+def _utc() -> str:
+    return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+
+
+ROW_FIELDS = {"ref": ("epoch_s", "epoch_cpu_s", "load_before", "load_after"),
+              "eng": ("epoch_s", "epoch_cpu_s", "flops_per_step", "steps", "load_before", "load_after")}
+
+
+def load_store(path: Path) -> dict:
+    """The committed bench store ``{"schema": 1, "machines": {tag: {"machine", "peak", "rows", "note"}}}``,
+    checked field by field (a clear error naming the file and the field)."""
+    try:
+        st = json.loads(Path(path).read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(st, dict) or st.get("schema") != STORE_SCHEMA or not isinstance(st.get("machines"), dict):
+        raise ValueError(f"{path}: expected {{'schema': {STORE_SCHEMA}, 'machines': {{...}}}}")
+    for tag, sec in st["machines"].items():
+        where = f"{path}: machines[{tag!r}]"
+        for k in ("machine", "peak", "rows"):
+            if not isinstance(sec.get(k), dict):
+                raise ValueError(f"{where}: missing object {k!r}")
+        if sec["machine"].get("tag") != tag:
+            raise ValueError(f"{where}.machine.tag is {sec['machine'].get('tag')!r}, expected {tag!r}")
+        if not isinstance(sec["peak"].get("sgemm_gflops"), (int, float)):
+            raise ValueError(f"{where}.peak: missing number 'sgemm_gflops'")
+        for key, row in sec["rows"].items():
+            if row.get("model") not in MODELS or row.get("variant") not in VARIANTS \
+                    or key != f"{row['model']}/{row['variant']}":
+                raise ValueError(f"{where}.rows[{key!r}]: expected model in {MODELS}, variant in "
+                                 f"{tuple(VARIANTS)} and key 'model/variant'")
+            for side, fields in ROW_FIELDS.items():
+                miss = [f for f in fields if f not in row.get(side, {})]
+                if miss:
+                    raise ValueError(f"{where}.rows[{key!r}].{side}: missing {miss}")
+    return st
+
+
+def save_store(path: Path, st: dict) -> None:
+    """Atomic: a killed write leaves the previous store, never a truncated one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(st, indent=1, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+def _row_view(r: dict, peak: float) -> dict:
+    gf = r["eng"]["flops_per_step"] * r["eng"]["steps"] / r["eng"]["epoch_cpu_s"] / 1e9
+    r = {**r, "ref": {**r["ref"]}, "eng": {**r["eng"]}}
+    for side in ("ref", "eng"):
+        for k in ("load_before", "load_after"):
+            r[side][k] = _load_text(r[side][k])
+    goal = 20 if r["variant"].startswith("kd") else 10
+    steps = r["eng"]["steps"]
+    return {**r, "goal": goal, "variant_label": LABELS[r["variant"]],
+            "budget_ms": 1e3 * r["ref"]["epoch_cpu_s"] / steps / goal,
+            "floor_ms": 1e3 * r["eng"]["flops_per_step"] / (peak * 1e9),
+            "step_ms": 1e3 * r["eng"]["epoch_cpu_s"] / steps,
+            "products_ms": r["eng"].get("products_ms"),  # absent in results cached before it was timed
+            "speedup_wall": r["ref"]["epoch_s"] / r["eng"]["epoch_s"],
+            "speedup_cpu": r["ref"]["epoch_cpu_s"] / r["eng"]["epoch_cpu_s"],
+            "gflops": gf, "peak_pct": 100 * gf / peak}
+
+
+def _section_view(sec: dict) -> dict:
+    m, peak = sec["machine"], float(sec["peak"]["sgemm_gflops"])
+    order = {(mo, v): i for i, (mo, v) in enumerate((mo, v) for mo in MODELS for v in VARIANTS)}
+    rows = sorted(sec["rows"].values(), key=lambda r: order[(r["model"], r["variant"])])
+    when = sorted(r.get("measured", "") for r in rows)
+    ids = f", family {m['cpu_family']} model {m['cpu_model_number']}" if m.get("cpu_family") else ""
+    return {"title": f"{m['cpu_model']} ({m['cpu_vendor']}{ids}), torch {m['torch_cpu_capability']} kernels",
+            "tag": m["tag"], "measured": " to ".join(dict.fromkeys([when[0], when[-1]])) if when else "",
+            "transcribed": sec.get("transcribed", ""), "peak": f"{peak:.0f} GFLOP/s", "note": sec.get("note", ""),
+            "rows": [_row_view(r, peak) for r in rows], "last": when[-1] if when else ""}
+
+
+def render(store: dict, out: Path) -> None:
+    """The report from the store: one section per machine, the most recently measured first."""
     import jinja2
 
-    view = []
-    for r in rows:
-        gf = r["eng"]["flops_per_step"] * r["eng"]["steps"] / r["eng"]["epoch_cpu_s"] / 1e9
-        r = {**r, "ref": {**r["ref"]}, "eng": {**r["eng"]}}
-        for side in ("ref", "eng"):
-            for k in ("load_before", "load_after"):
-                r[side][k] = _load_text(r[side][k])
-        goal = 20 if r["variant"].startswith("kd") else 10
-        steps = r["eng"]["steps"]
-        view.append({**r, "goal": goal, "variant_label": LABELS[r["variant"]],
-                     "budget_ms": 1e3 * r["ref"]["epoch_cpu_s"] / steps / goal,
-                     "floor_ms": 1e3 * r["eng"]["flops_per_step"] / (peak * 1e9),
-                     "step_ms": 1e3 * r["eng"]["epoch_cpu_s"] / steps,
-                     "products_ms": r["eng"].get("products_ms"),  # absent in results cached before it was timed
-                     "speedup_wall": r["ref"]["epoch_s"] / r["eng"]["epoch_s"],
-                     "speedup_cpu": r["ref"]["epoch_cpu_s"] / r["eng"]["epoch_cpu_s"],
-                     "gflops": gf, "peak_pct": 100 * gf / peak})
+    sections = sorted((_section_view(s) for s in store["machines"].values()), key=lambda s: s["last"], reverse=True)
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"),
                              undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
-    out.write_text(env.get_template("epochs.md.j2").render(rows=view, note=note, engine_epochs=ENGINE_EPOCHS,
-                                                           peak=f"{peak:.0f} GFLOP/s"))
+    out.write_text(env.get_template("epochs.md.j2").render(sections=sections, engine_epochs=ENGINE_EPOCHS))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -337,34 +423,53 @@ def main(argv: list[str] | None = None) -> int:
         (_engine_child if argv[0] == "--engine-child" else _ref_child)(*argv[1:4])
         return 0
     ap = argparse.ArgumentParser(prog="python -m benchmarks.epochs")
-    ap.add_argument("--models", default="SASRec,GRU,Caser")
-    ap.add_argument("--variants", default="kd,kd-e4srec,plain")
+    ap.add_argument("--models", default=",".join(MODELS))
+    ap.add_argument("--variants", default=",".join(VARIANTS))
     ap.add_argument("--out", default=str(REPORTS / "bench_epochs.md"))
-    ap.add_argument("--json", default=str(WORK / "results.json"))
-    ap.add_argument("--note", default="")
-    ap.add_argument("--render-only", action="store_true", help="rewrite the report from --json, measure nothing")
+    ap.add_argument("--store", default=str(STORE), help="the committed results (one section per machine)")
+    ap.add_argument("--note", default=None, help="replace this machine's note in the report")
+    ap.add_argument("--fresh-reference", action="store_true",
+                    help="re-measure main.py even where this machine's store holds its epoch")
+    ap.add_argument("--render-only", action="store_true", help="rewrite the report from --store, measure nothing")
     a = ap.parse_args(argv)
+    store = load_store(Path(a.store)) if Path(a.store).is_file() else {"schema": STORE_SCHEMA, "machines": {}}
     if a.render_only:
-        prev = json.loads(Path(a.json).read_text())
-        peak = prev.pop("_peak", {}).get("sgemm_gflops", PEAK_GFLOPS_PER_CORE)
-        render(list(prev.values()), Path(a.out), a.note, peak)
+        if a.note is not None:  # this machine's note, e.g. written after looking at its rows
+            tag = machine()["tag"]
+            if tag not in store["machines"]:
+                raise SystemExit(f"--note: {a.store} holds no section for this machine ({tag})")
+            store["machines"][tag]["note"] = a.note
+            save_store(Path(a.store), store)
+        render(store, Path(a.out))
         return 0
+    for m in a.models.split(","):
+        if m not in MODELS:
+            raise SystemExit(f"--models: {m!r} is not one of {MODELS}")
+    for v in a.variants.split(","):
+        if v not in VARIANTS:
+            raise SystemExit(f"--variants: {v!r} is not one of {tuple(VARIANTS)}")
     work = prepare()
     works = {"kd": work, "plain": work, "kd-e4srec": prepare_e4srec(work)}
-    prev = json.loads(Path(a.json).read_text()) if Path(a.json).is_file() else {}
-    prev["_peak"] = {"sgemm_gflops": measure_peak(), "load": load()}
-    peak = prev["_peak"]["sgemm_gflops"]
-    rows = []
+    me = machine()
+    # reference epochs are reused only from this machine's own section: another CPU times them differently
+    sec = store["machines"].setdefault(me["tag"], {"machine": me, "rows": {}, "note": ""})
+    sec["machine"] = me
+    sec["peak"] = {"sgemm_gflops": measure_peak(), "load": load(), "measured": _utc()}
+    if a.note is not None:
+        sec["note"] = a.note
     for m in a.models.split(","):
         for v in a.variants.split(","):
             key = f"{m}/{v}"
             eng = engine_epochs(m, v, works[v])
-            ref = prev.get(key, {}).get("ref") or reference_epoch(m, v, works[v])
-            rows.append({"model": m, "variant": v, "ref": ref, "eng": eng})
-            prev[key] = rows[-1]
-            Path(a.json).write_text(json.dumps(prev, indent=1))
+            old = sec["rows"].get(key, {})
+            ref = None if a.fresh_reference else old.get("ref")
+            ref_at = old.get("ref_measured", old.get("measured", "")) if ref else _utc()
+            ref = ref or reference_epoch(m, v, works[v])
+            sec["rows"][key] = {"model": m, "variant": v, "ref": ref, "eng": eng, "measured": _utc(),
+                                "ref_measured": ref_at}
+            save_store(Path(a.store), store)
             print(f"{key}: reference {ref['epoch_s']:.1f} s, engine {eng['epoch_s']:.2f} s", flush=True)
-    render(rows, Path(a.out), a.note, peak)
+    render(store, Path(a.out))
     return 0
 
 

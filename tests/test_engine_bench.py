@@ -5,6 +5,14 @@ from __future__ import annotations
 from benchmarks.epochs import render
 
 
+def _store(rows, peak=93.0, tag="cpu-x-avx2", note=""):
+    return {"schema": 1, "machines": {tag: {
+        "machine": {"cpu_vendor": "V", "cpu_model": "CPU X", "cpu_family": "25", "cpu_model_number": "1",
+                    "torch_cpu_capability": "AVX2", "torch": "t", "mkl": "m", "tag": tag},
+        "peak": {"sgemm_gflops": peak}, "note": note,
+        "rows": {f"{r['model']}/{r['variant']}": {**r, "measured": "2026-12-06 10:00 UTC"} for r in rows}}}}
+
+
 def test_render(tmp_path):
     rows = [{"model": m, "variant": v,
              "ref": {"epoch_s": 90.0, "epoch_cpu_s": 80.0, "load_before": "(1, 1, 1)", "load_after": "(1, 1, 1)"},
@@ -12,12 +20,61 @@ def test_render(tmp_path):
                      "load_before": "(2, 2, 2)", "load_after": "(2, 2, 2)"}}
             for m in ("SASRec", "GRU") for v in ("kd", "kd-e4srec", "plain")]
     out = tmp_path / "b.md"
-    render(rows, out, "a note")
+    render(_store(rows, note="a note"), out)
     text = out.read_text()
+    assert "## CPU X (V, family 25 model 1), torch AVX2 kernels" in text
     assert ("| SASRec | default (lam 0.8, ed_weight 0.2, alpha 1), synthetic dense 4,096-d teacher table | 90.0 / 80.0 "
             "| 9.00 / 4.00 | 10.0x / 20.0x | 20x: met") in text
     assert "| SASRec | default, the real teacher export `e4srec-smollm2-l6-8000`" in text
-    assert "| GRU | none |" in text and "10x: met" in text and text.rstrip().endswith("a note")
+    assert "| GRU | none |" in text and "10x: met" in text and "\na note\n" in text
+
+
+def test_store_rejects_bad_records_naming_the_field(tmp_path):
+    import json
+
+    import pytest
+
+    from benchmarks.epochs import load_store
+
+    row = {"model": "GRU", "variant": "plain", "ref": {"epoch_s": 1, "epoch_cpu_s": 1, "load_before": "",
+                                                       "load_after": ""},
+           "eng": {"epoch_s": 1, "epoch_cpu_s": 1, "steps": 1, "load_before": "", "load_after": ""}}
+    p = tmp_path / "e.json"
+    p.write_text(json.dumps(_store([row])))
+    with pytest.raises(ValueError, match=r"e.json: machines\['cpu-x-avx2'\].rows\['GRU/plain'\].eng: missing "
+                                         r"\['flops_per_step'\]"):
+        load_store(p)
+    p.write_text("{")
+    with pytest.raises(ValueError, match="e.json: not valid JSON"):
+        load_store(p)
+
+
+def test_reference_epochs_are_reused_only_from_the_same_machine(tmp_path, monkeypatch):
+    from benchmarks import epochs as be
+
+    calls = []
+    eng = {"epoch_s": 1.0, "epoch_cpu_s": 1.0, "flops_per_step": 1e8, "steps": 198, "load_before": "0/0/0",
+           "load_after": "0/0/0"}
+    monkeypatch.setattr(be, "prepare", lambda *a, **k: tmp_path)
+    monkeypatch.setattr(be, "prepare_e4srec", lambda *a, **k: tmp_path)
+    monkeypatch.setattr(be, "measure_peak", lambda: 50.0)
+    monkeypatch.setattr(be, "engine_epochs", lambda m, v, w: dict(eng))
+    monkeypatch.setattr(be, "reference_epoch", lambda m, v, w: calls.append((m, v)) or
+                        {"epoch_s": 9.0, "epoch_cpu_s": 9.0, "load_before": "0/0/0", "load_after": "0/0/0"})
+    store, out = tmp_path / "s.json", tmp_path / "r.md"
+    args = ["--models", "GRU", "--variants", "plain", "--store", str(store), "--out", str(out)]
+    for tag in ("cpu-a-avx512", "cpu-b-avx2", "cpu-b-avx2"):
+        monkeypatch.setattr(be, "machine", lambda tag=tag: {"cpu_vendor": "V", "cpu_model": tag, "cpu_family": "",
+                                                             "cpu_model_number": "", "torch_cpu_capability": "X",
+                                                             "torch": "t", "mkl": "m", "tag": tag})
+        be.main(args)
+    assert len(calls) == 2  # measured on a, measured on b (a's row not reused), reused on b's second run
+    st = be.load_store(store)
+    assert sorted(st["machines"]) == ["cpu-a-avx512", "cpu-b-avx2"]
+    be.main(args + ["--fresh-reference"])
+    assert len(calls) == 3
+    be.main(["--render-only", "--store", str(store), "--out", str(out)])
+    assert out.read_text().count("| GRU | none |") == 2
 
 
 def test_teacher_cost_table_from_records(tmp_path):
@@ -60,7 +117,7 @@ def test_verdict_names_what_the_rest_of_the_step_must_fit_in(tmp_path):
 
     # budget 19.8 s / 198 / 10 = 10 ms per step; the engine takes 20 ms
     out = tmp_path / "b.md"
-    render([row("SASRec", "plain", 4.0), row("GRU", "plain", 12.0)], out, "", peak=100.0)
+    render(_store([row("SASRec", "plain", 4.0), row("GRU", "plain", 12.0)], peak=100.0), out)
     text = out.read_text()
     assert ("| 10.0 | 1.0 | 4.0 | 16.0 | 20.0 | not met: the rest of the step would have to fit in 6.0 ms "
             "(38 % of") in text

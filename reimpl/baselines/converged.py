@@ -132,6 +132,16 @@ CONVERGED = ConvergedPlan(notes=(
     "replacement (the reference's epoch, main.py:355-360)",))
 
 
+def platform_text(rec: dict) -> str:
+    """``"AMD EPYC (family 25 model 1, torch AVX2), 1 thread(s), torch 2.13.0+cpu"``; records written before the
+    stamp had the family / model number and kernel set show the model name only."""
+    p = rec["platform"]
+    ids = ", ".join(x for x in (f"family {p['cpu_family']} model {p['cpu_model_number']}" if p.get("cpu_family")
+                                else "", f"torch {p['torch_cpu_capability']}" if p.get("torch_cpu_capability")
+                                else "") if x)
+    return f"{p['cpu']}{f' ({ids})' if ids else ''}, {rec['threads']} thread(s), torch {p['torch']}"
+
+
 def best_row(rec: dict) -> dict:
     return next(h for h in rec["history"] if h["epoch"] == rec["best_epoch"])
 
@@ -292,8 +302,7 @@ def report(plan: ConvergedPlan = CONVERGED, store_root: str | None = None, out: 
                           "eng_test": eng_row["test"]["ndcg"][-1] if eng_row else None})
     text = template_env().get_template("converged.md.j2").render(agreement=agreement,
         plan=plan, sections=sections, n_records=len(recs), grid=[tag(g) for g in plan.grid],
-        platforms=sorted({f"{r['platform']['cpu']}, {r['threads']} thread(s), torch {r['platform']['torch']}"
-                          for r in recs.values()}),
+        platforms=sorted({platform_text(r) for r in recs.values()}),
         codes=sorted({r["code"]["git"][:10] + ("+dirty" if r["code"]["dirty"] else "") for r in recs.values()}))
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text)

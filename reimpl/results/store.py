@@ -47,17 +47,22 @@ def code_version(root: Path | None = None) -> dict:
 
 
 def platform_info() -> dict:
+    """Where a run computed: the CPU (model name, and family / model number, since virtual machines often show only
+    "AMD EPYC" for different generations), the kernel set torch dispatches to, core count, versions."""
     import torch
 
-    cpu = ""
+    cpu = {}
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+            k, _, v = line.partition(":")
+            k = k.strip()
+            if k in ("model name", "cpu family", "model") and k not in cpu:
+                cpu[k] = v.strip()
     except OSError:
         pass
-    return {"machine": platform.machine(), "cpu": cpu or platform.processor(), "cores": os.cpu_count(),
+    return {"machine": platform.machine(), "cpu": cpu.get("model name") or platform.processor(),
+            "cpu_family": cpu.get("cpu family", ""), "cpu_model_number": cpu.get("model", ""),
+            "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(), "cores": os.cpu_count(),
             "python": platform.python_version(), "torch": torch.__version__, "system": platform.system()}
 
 
