@@ -126,7 +126,12 @@ def test_reproduce_adds_per_row_ranks_only_to_an_identical_history(toy_protocol,
     bad = json.loads(json.dumps(old))
     bad["history"][0]["loss"] += 1e-9
     p.write_text(json.dumps(bad))
-    with pytest.raises(RecordMismatch, match="another history from epoch 1"):
+    bad["platform"] = {"cpu": "CPU Y", "cpu_family": "25", "cpu_model_number": "17", "torch_cpu_capability": "AVX512",
+                       "torch": "t"}
+    p.write_text(json.dumps(bad))
+    # the message names both machines: trajectories are fixed per code version and CPU kernel set
+    with pytest.raises(RecordMismatch, match=r"another history from epoch 1 .* on CPU Y \(family 25 model 17, torch "
+                                             r"AVX512\), 1 thread\(s\), torch t, this is .* torch "):
         converged.run_one(run, store, str(tmp / "runs"), reproduce=True)
     assert json.loads(p.read_text()) == bad
 

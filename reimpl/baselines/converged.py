@@ -132,16 +132,6 @@ CONVERGED = ConvergedPlan(notes=(
     "replacement (the reference's epoch, main.py:355-360)",))
 
 
-def platform_text(rec: dict) -> str:
-    """``"AMD EPYC (family 25 model 1, torch AVX2), 1 thread(s), torch 2.13.0+cpu"``; records written before the
-    stamp had the family / model number and kernel set show the model name only."""
-    p = rec["platform"]
-    ids = ", ".join(x for x in (f"family {p['cpu_family']} model {p['cpu_model_number']}" if p.get("cpu_family")
-                                else "", f"torch {p['torch_cpu_capability']}" if p.get("torch_cpu_capability")
-                                else "") if x)
-    return f"{p['cpu']}{f' ({ids})' if ids else ''}, {rec['threads']} thread(s), torch {p['torch']}"
-
-
 def best_row(rec: dict) -> dict:
     return next(h for h in rec["history"] if h["epoch"] == rec["best_epoch"])
 
@@ -286,7 +276,7 @@ def report(plan: ConvergedPlan = CONVERGED, store_root: str | None = None, out: 
             sections.append({"dataset": d, "label": DATASETS[d][0], "objective": o, "rows": rows, "facts": facts,
                              "chance": chance(facts["item_num"]) if facts else None,
                              "figure": os.path.relpath(fig, out.parent) if fig else None})
-    from reimpl.results.store import Store
+    from reimpl.results.store import Store, platform_text
 
     agreement = []
     for r in Store(store_root).records("converged-reference"):

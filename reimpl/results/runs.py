@@ -50,7 +50,7 @@ def train_record(plan: str, run_id: str, config: dict, digest: str, data_meta: d
     if finish is not None:
         finish(res, rec)
     if old is not None:   # reproduce: the new run must be the stored one, epoch by epoch
-        from reimpl.results.store import code_version
+        from reimpl.results.store import code_version, platform_info, platform_text
 
         keys = ("epoch", "loss", "val", "test")
         a = [{k: h.get(k) for k in keys} for h in old["history"]]
@@ -60,9 +60,11 @@ def train_record(plan: str, run_id: str, config: dict, digest: str, data_meta: d
             stored, now = (a[i] if i < len(a) else None), (b[i] if i < len(b) else None)
             raise RecordMismatch(f"{store.path(plan, run_id)}: reproducing the run gave another history from epoch "
                                  f"{i + 1} (stored {stored}, now {now}); the record was trained by code "
-                                 f"{old.get('code')}, this is {code_version()}: the engine's summation order (and so "
-                                 f"the trajectory) is fixed per code version only (docs/notes.md, session 12), so "
-                                 f"reproduce at the record's commit")
+                                 f"{old.get('code')} on {platform_text(old)}, this is {code_version()} on "
+                                 f"{platform_text({'platform': platform_info(), 'threads': threads})}: the engine's "
+                                 f"summation order (and so the trajectory) is fixed per code version and CPU kernel "
+                                 f"set only (docs/notes.md, sessions 12 and 14), so reproduce at the record's commit "
+                                 f"on a machine of its kind")
         rec = {**old, "selected": rec.get("selected"),
                "reproduced": {"at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "code": code_version(),
                               "wall_s": round(time.perf_counter() - t0, 1), "identical_history": True}}

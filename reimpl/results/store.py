@@ -66,6 +66,16 @@ def platform_info() -> dict:
             "python": platform.python_version(), "torch": torch.__version__, "system": platform.system()}
 
 
+def platform_text(rec: dict) -> str:
+    """``"AMD EPYC (family 25 model 1, torch AVX2), 1 thread(s), torch 2.13.0+cpu"``; records written before the
+    stamp had the family / model number and kernel set show the model name only."""
+    p = rec["platform"]
+    ids = ", ".join(x for x in (f"family {p['cpu_family']} model {p['cpu_model_number']}" if p.get("cpu_family")
+                                else "", f"torch {p['torch_cpu_capability']}" if p.get("torch_cpu_capability")
+                                else "") if x)
+    return f"{p['cpu']}{f' ({ids})' if ids else ''}, {rec['threads']} thread(s), torch {p['torch']}"
+
+
 def _first_difference(a, b, path: str = "") -> str | None:
     if isinstance(a, dict) and isinstance(b, dict):
         for k in sorted(set(a) | set(b)):
