@@ -109,14 +109,6 @@ def load() -> str:
     return "/".join(f"{x:.1f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
 
 
-def _load_text(v: str) -> str:  # results cached by an earlier version hold the tuple's repr
-    if v.startswith("("):
-        import ast
-
-        return "/".join(f"{x:.1f}" for x in ast.literal_eval(v))
-    return v
-
-
 def _measure_child(flag: str, label: str, model: str, variant: str, work: Path) -> dict:
     """Run this module's ``flag`` child in a fresh process; its last stdout line (JSON) + the load around it."""
     cmd = [sys.executable, "-m", "benchmarks.epochs", flag, model, variant, str(work)]
@@ -376,10 +368,6 @@ def save_store(path: Path, st: dict) -> None:
 
 def _row_view(r: dict, peak: float) -> dict:
     gf = r["eng"]["flops_per_step"] * r["eng"]["steps"] / r["eng"]["epoch_cpu_s"] / 1e9
-    r = {**r, "ref": {**r["ref"]}, "eng": {**r["eng"]}}
-    for side in ("ref", "eng"):
-        for k in ("load_before", "load_after"):
-            r[side][k] = _load_text(r[side][k])
     goal = 20 if r["variant"].startswith("kd") else 10
     steps = r["eng"]["steps"]
     return {**r, "goal": goal, "variant_label": LABELS[r["variant"]],

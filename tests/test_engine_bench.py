@@ -15,9 +15,9 @@ def _store(rows, peak=93.0, tag="cpu-x-avx2", note=""):
 
 def test_render(tmp_path):
     rows = [{"model": m, "variant": v,
-             "ref": {"epoch_s": 90.0, "epoch_cpu_s": 80.0, "load_before": "(1, 1, 1)", "load_after": "(1, 1, 1)"},
+             "ref": {"epoch_s": 90.0, "epoch_cpu_s": 80.0, "load_before": "1/1/1", "load_after": "1/1/1"},
              "eng": {"epoch_s": 9.0, "epoch_cpu_s": 4.0, "flops_per_step": 2e9, "steps": 198,
-                     "load_before": "(2, 2, 2)", "load_after": "(2, 2, 2)"}}
+                     "load_before": "2/2/2", "load_after": "2/2/2"}}
             for m in ("SASRec", "GRU") for v in ("kd", "kd-e4srec", "plain")]
     out = tmp_path / "b.md"
     render(_store(rows, note="a note"), out)
