@@ -21,13 +21,20 @@ Achieved FLOP/s: matmul/conv FLOPs of one engine step counted by ``torch.utils.f
 (best of 5 one-thread 2048^3 SGEMMs in a child process; Zen 4 executes AVX-512 as 2 x 256-bit FMA, 32 flop per
 cycle, so the measured rate also tells the clock it runs at).
 
+Paired rounds (``--rounds``, default ``ROUNDS``): each row times main.py's epoch, then the engine's, and repeats;
+the speed-up quoted is the median of the per-round CPU-time ratios, with their range. This host's speed drifts by
+up to 2x over minutes (a shared virtual machine), so two sides timed tens of minutes apart can disagree by more
+than any engine change; timing them back to back in each round cancels most of it.
+
 Results: ``results/bench/epochs.json`` (committed), one section per machine (``machine()``: CPU model, family and
 model number, torch's kernel set), each row stamped with when it was measured; rows are written as they finish
-(atomically), and a run replaces only its own machine's rows. main.py's epochs are reused from the same machine's
-section unless ``--fresh-reference``; another machine's are never reused. The report renders every section.
+(atomically), and a run replaces only its own machine's rows. ``--reuse-reference`` times only the engine against
+main.py's epoch stored in the same machine's section (unpaired, flagged in the report); another machine's are never
+reused. The report renders every section.
 
-Usage: ``python -m benchmarks.epochs [--models SASRec,GRU,Caser] [--variants kd,kd-e4srec,plain] [--fresh-reference]
-[--note TEXT]``; ``--render-only`` rebuilds ``reports/bench_epochs.md`` from the store without measuring.
+Usage: ``python -m benchmarks.epochs [--models SASRec,GRU,Caser] [--variants kd,kd-e4srec,plain] [--rounds R]
+[--reuse-reference] [--note TEXT]``; ``--render-only`` rebuilds ``reports/bench_epochs.md`` from the store
+without measuring.
 """
 
 from __future__ import annotations
@@ -50,6 +57,7 @@ STORE = ROOT / "results" / "bench" / "epochs.json"   # committed: the report reb
 STORE_SCHEMA = 1
 MODELS = ("SASRec", "GRU", "Caser")
 ENGINE_EPOCHS = 2
+ROUNDS = 3   # paired rounds per row: this host's speed drifts by up to 2x between minutes (Zen 3, session 14)
 VARIANTS = {"kd": [], "kd-e4srec": [], "plain": ["--lam", "0", "--ed_weight", "0", "--alpha", "0"]}
 E4SREC = "e4srec-smollm2-l6-8000"   # the committed teacher export the distillation plan reads (results/teachers/)
 LABELS = {"kd": "default (lam 0.8, ed_weight 0.2, alpha 1), synthetic dense 4,096-d teacher table",
@@ -109,9 +117,9 @@ def load() -> str:
     return "/".join(f"{x:.1f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
 
 
-def _measure_child(flag: str, label: str, model: str, variant: str, work: Path) -> dict:
+def _measure_child(flag: str, label: str, model: str, variant: str, work: Path, *more: str) -> dict:
     """Run this module's ``flag`` child in a fresh process; its last stdout line (JSON) + the load around it."""
-    cmd = [sys.executable, "-m", "benchmarks.epochs", flag, model, variant, str(work)]
+    cmd = [sys.executable, "-m", "benchmarks.epochs", flag, model, variant, str(work), *more]
     l0 = load()
     p = subprocess.run(cmd, cwd=ROOT, env=env(), capture_output=True, text=True)
     if p.returncode != 0:
@@ -169,11 +177,12 @@ def _ref_child(model: str, variant: str, work: str) -> None:
     print(json.dumps({"epoch_s": stamps[1][0] - stamps[0][0], "epoch_cpu_s": stamps[1][1] - stamps[0][1]}))
 
 
-def engine_epochs(model: str, variant: str, work: Path) -> dict:
-    return _measure_child("--engine-child", "engine", model, variant, work)
+def engine_epochs(model: str, variant: str, work: Path, lite: bool = False) -> dict:
+    """The engine's epochs in a child; ``lite``: without the FLOP count and the products' replay (later rounds)."""
+    return _measure_child("--engine-child", "engine", model, variant, work, *(["lite"] if lite else []))
 
 
-def _engine_child(model: str, variant: str, work: str) -> None:
+def _engine_child(model: str, variant: str, work: str, lite: str = "") -> None:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -187,14 +196,16 @@ def _engine_child(model: str, variant: str, work: str) -> None:
     s = DLLM2RecConfig(model_name=model, data="lastfm", mode="fixed", epoch=ENGINE_EPOCHS, seed=1, **args)
     data = load_data(work, "lastfm", need_rank=kd, need_emb=kd)
     cfg = etrain.EngineConfig(s)
-    sess = etrain.Session(cfg, data)  # FLOPs of one step (forward + backward + the matmuls of the update)
-    rows = torch.as_tensor(sess.batches.epoch()[0])
-    sess.step(rows)
-    with FlopCounterMode(display=False) as fc:
+    extra = {}
+    if not lite:
+        sess = etrain.Session(cfg, data)  # FLOPs of one step (forward + backward + the matmuls of the update)
+        rows = torch.as_tensor(sess.batches.epoch()[0])
         sess.step(rows)
-    with _Products() as pr:
-        sess.step(rows)
-    products_ms = pr.replay_ms()
+        with FlopCounterMode(display=False) as fc:
+            sess.step(rows)
+        with _Products() as pr:
+            sess.step(rows)
+        extra = {"flops_per_step": fc.get_total_flops(), "products_ms": pr.replay_ms(), "products_calls": len(pr.calls)}
     cpu = []
     t_start = time.process_time()
     last = [t_start]
@@ -208,8 +219,7 @@ def _engine_child(model: str, variant: str, work: str) -> None:
     wall = [h["train_s"] for h in res["history"]]
     nb = int(len(data.train_next) / s.batch_size)
     print(json.dumps({"epoch_s": statistics.median(wall), "epoch_cpu_s": statistics.median(cpu),
-                      "epochs_wall_s": wall, "flops_per_step": fc.get_total_flops(), "steps": nb,
-                      "products_ms": products_ms, "products_calls": len(pr.calls)}))
+                      "epochs_wall_s": wall, "steps": nb, **extra}))
 
 
 PRODUCTS = ("mm", "addmm", "bmm", "baddbmm", "convolution", "_convolution", "addbmm")
@@ -319,6 +329,21 @@ def machine() -> dict:
     return m
 
 
+def combine_rounds(model: str, variant: str, rounds: list[dict], paired: bool = True) -> dict:
+    """A store row from ``rounds`` ``[{"ref": ..., "eng": ...}]``: ``ref`` / ``eng`` hold the medians of the
+    epoch times (the first round's FLOPs and products, the first / last load), ``rounds`` every measurement and
+    ``ratios`` the per-round CPU speed-ups, whose median the report quotes (``paired``: each round timed both)."""
+    def side(k):
+        ss = [r[k] for r in rounds]
+        med = {f: statistics.median(s[f] for s in ss) for f in ("epoch_s", "epoch_cpu_s")}
+        return {**ss[0], **med, "load_before": ss[0]["load_before"], "load_after": ss[-1]["load_after"]}
+
+    return {"model": model, "variant": variant, "ref": side("ref"), "eng": side("eng"), "paired": paired,
+            "rounds": [{k: {f: r[k][f] for f in ("epoch_s", "epoch_cpu_s", "load_before", "load_after")}
+                        for k in ("ref", "eng")} for r in rounds],
+            "ratios": [r["ref"]["epoch_cpu_s"] / r["eng"]["epoch_cpu_s"] for r in rounds]}
+
+
 def _utc() -> str:
     return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
 
@@ -354,6 +379,14 @@ def load_store(path: Path) -> dict:
                 miss = [f for f in fields if f not in row.get(side, {})]
                 if miss:
                     raise ValueError(f"{where}.rows[{key!r}].{side}: missing {miss}")
+            rounds = row.get("rounds", [])
+            for i, rd in enumerate(rounds):
+                for side in ("ref", "eng"):
+                    miss = [f for f in ROW_FIELDS["ref"] if f not in rd.get(side, {})]
+                    if miss:
+                        raise ValueError(f"{where}.rows[{key!r}].rounds[{i}].{side}: missing {miss}")
+            if len(row.get("ratios", [])) != len(rounds):
+                raise ValueError(f"{where}.rows[{key!r}]: {len(row.get('ratios', []))} ratios for {len(rounds)} rounds")
     return st
 
 
@@ -367,6 +400,7 @@ def save_store(path: Path, st: dict) -> None:
 
 
 def _row_view(r: dict, peak: float) -> dict:
+    ratios = r.get("ratios", [])
     gf = r["eng"]["flops_per_step"] * r["eng"]["steps"] / r["eng"]["epoch_cpu_s"] / 1e9
     goal = 20 if r["variant"].startswith("kd") else 10
     steps = r["eng"]["steps"]
@@ -375,8 +409,11 @@ def _row_view(r: dict, peak: float) -> dict:
             "floor_ms": 1e3 * r["eng"]["flops_per_step"] / (peak * 1e9),
             "step_ms": 1e3 * r["eng"]["epoch_cpu_s"] / steps,
             "products_ms": r["eng"].get("products_ms"),  # absent in results cached before it was timed
-            "speedup_wall": r["ref"]["epoch_s"] / r["eng"]["epoch_s"],
-            "speedup_cpu": r["ref"]["epoch_cpu_s"] / r["eng"]["epoch_cpu_s"],
+            "speedup_wall": statistics.median(d["ref"]["epoch_s"] / d["eng"]["epoch_s"] for d in r["rounds"])
+            if ratios else r["ref"]["epoch_s"] / r["eng"]["epoch_s"],
+            # paired rounds: the median of the per-round ratios (one round, or an older row: the one ratio)
+            "speedup_cpu": statistics.median(ratios) if ratios else r["ref"]["epoch_cpu_s"] / r["eng"]["epoch_cpu_s"],
+            "ratios": ratios, "paired": r.get("paired", True),
             "gflops": gf, "peak_pct": 100 * gf / peak}
 
 
@@ -408,7 +445,7 @@ def main(argv: list[str] | None = None) -> int:
         _peak_child()
         return 0
     if argv and argv[0] in ("--engine-child", "--ref-child"):
-        (_engine_child if argv[0] == "--engine-child" else _ref_child)(*argv[1:4])
+        (_engine_child if argv[0] == "--engine-child" else _ref_child)(*argv[1:])
         return 0
     ap = argparse.ArgumentParser(prog="python -m benchmarks.epochs")
     ap.add_argument("--models", default=",".join(MODELS))
@@ -416,10 +453,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=str(REPORTS / "bench_epochs.md"))
     ap.add_argument("--store", default=str(STORE), help="the committed results (one section per machine)")
     ap.add_argument("--note", default=None, help="replace this machine's note in the report")
-    ap.add_argument("--fresh-reference", action="store_true",
-                    help="re-measure main.py even where this machine's store holds its epoch")
+    ap.add_argument("--rounds", type=int, default=ROUNDS,
+                    help="paired rounds per row (main.py's epoch, then the engine's); the speed-up is their median")
+    ap.add_argument("--reuse-reference", action="store_true",
+                    help="time only the engine, against main.py's epoch stored for this machine (unpaired)")
     ap.add_argument("--render-only", action="store_true", help="rewrite the report from --store, measure nothing")
     a = ap.parse_args(argv)
+    if a.rounds < 1:
+        raise SystemExit("--rounds must be >= 1")
     store = load_store(Path(a.store)) if Path(a.store).is_file() else {"schema": STORE_SCHEMA, "machines": {}}
     if a.render_only:
         if a.note is not None:  # this machine's note, e.g. written after looking at its rows
@@ -439,7 +480,8 @@ def main(argv: list[str] | None = None) -> int:
     work = prepare()
     works = {"kd": work, "plain": work, "kd-e4srec": prepare_e4srec(work)}
     me = machine()
-    # reference epochs are reused only from this machine's own section: another CPU times them differently
+    # reference epochs are reused (--reuse-reference) only from this machine's own section: another CPU times
+    # them differently
     sec = store["machines"].setdefault(me["tag"], {"machine": me, "rows": {}, "note": ""})
     sec["machine"] = me
     sec["peak"] = {"sgemm_gflops": measure_peak(), "load": load(), "measured": _utc()}
@@ -448,15 +490,20 @@ def main(argv: list[str] | None = None) -> int:
     for m in a.models.split(","):
         for v in a.variants.split(","):
             key = f"{m}/{v}"
-            eng = engine_epochs(m, v, works[v])
             old = sec["rows"].get(key, {})
-            ref = None if a.fresh_reference else old.get("ref")
-            ref_at = old.get("ref_measured", old.get("measured", "")) if ref else _utc()
-            ref = ref or reference_epoch(m, v, works[v])
-            sec["rows"][key] = {"model": m, "variant": v, "ref": ref, "eng": eng, "measured": _utc(),
-                                "ref_measured": ref_at}
+            reuse = a.reuse_reference and "ref" in old
+            rounds = []
+            for i in range(a.rounds):  # paired: each round times main.py, then the engine, minutes apart at most
+                ref = old["ref"] if reuse else reference_epoch(m, v, works[v])
+                eng = engine_epochs(m, v, works[v], lite=i > 0)
+                rounds.append({"ref": ref, "eng": eng})
+                print(f"{key} round {i + 1}: reference {ref['epoch_cpu_s']:.1f} s, engine {eng['epoch_cpu_s']:.2f} s "
+                      f"(CPU)", flush=True)
+            row = combine_rounds(m, v, rounds, paired=not reuse)
+            row.update(measured=_utc(), ref_measured=old.get("ref_measured", old.get("measured", "")) if reuse
+                       else _utc())
+            sec["rows"][key] = row
             save_store(Path(a.store), store)
-            print(f"{key}: reference {ref['epoch_s']:.1f} s, engine {eng['epoch_s']:.2f} s", flush=True)
     render(store, Path(a.out))
     return 0
 

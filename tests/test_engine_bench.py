@@ -24,7 +24,7 @@ def test_render(tmp_path):
     text = out.read_text()
     assert "## CPU X (V, family 25 model 1), torch AVX2 kernels" in text
     assert ("| SASRec | default (lam 0.8, ed_weight 0.2, alpha 1), synthetic dense 4,096-d teacher table | 90.0 / 80.0 "
-            "| 9.00 / 4.00 | 10.0x / 20.0x | 20x: met") in text
+            "| 9.00 / 4.00 | 10.0x / 20.0x (1 round) | 20x: met") in text
     assert "| SASRec | default, the real teacher export `e4srec-smollm2-l6-8000`" in text
     assert "| GRU | none |" in text and "10x: met" in text and "\na note\n" in text
 
@@ -49,32 +49,69 @@ def test_store_rejects_bad_records_naming_the_field(tmp_path):
         load_store(p)
 
 
-def test_reference_epochs_are_reused_only_from_the_same_machine(tmp_path, monkeypatch):
+def test_rounds_pair_the_sides_and_reuse_only_this_machines_reference(tmp_path, monkeypatch):
     from benchmarks import epochs as be
 
-    calls = []
+    calls, lite = [], []
     eng = {"epoch_s": 1.0, "epoch_cpu_s": 1.0, "flops_per_step": 1e8, "steps": 198, "load_before": "0/0/0",
            "load_after": "0/0/0"}
     monkeypatch.setattr(be, "prepare", lambda *a, **k: tmp_path)
     monkeypatch.setattr(be, "prepare_e4srec", lambda *a, **k: tmp_path)
     monkeypatch.setattr(be, "measure_peak", lambda: 50.0)
-    monkeypatch.setattr(be, "engine_epochs", lambda m, v, w: dict(eng))
+    monkeypatch.setattr(be, "engine_epochs", lambda m, v, w, lite=False: lite_calls(lite))
+    cpu = iter([9.0, 12.0, 6.0, 9.0, 9.0, 9.0, 9.0])
+
+    def lite_calls(flag):
+        lite.append(flag)
+        return dict(eng)
+
     monkeypatch.setattr(be, "reference_epoch", lambda m, v, w: calls.append((m, v)) or
-                        {"epoch_s": 9.0, "epoch_cpu_s": 9.0, "load_before": "0/0/0", "load_after": "0/0/0"})
+                        {"epoch_s": 9.0, "epoch_cpu_s": next(cpu), "load_before": "0/0/0", "load_after": "0/0/0"})
     store, out = tmp_path / "s.json", tmp_path / "r.md"
     args = ["--models", "GRU", "--variants", "plain", "--store", str(store), "--out", str(out)]
-    for tag in ("cpu-a-avx512", "cpu-b-avx2", "cpu-b-avx2"):
-        monkeypatch.setattr(be, "machine", lambda tag=tag: {"cpu_vendor": "V", "cpu_model": tag, "cpu_family": "",
-                                                             "cpu_model_number": "", "torch_cpu_capability": "X",
-                                                             "torch": "t", "mkl": "m", "tag": tag})
-        be.main(args)
-    assert len(calls) == 2  # measured on a, measured on b (a's row not reused), reused on b's second run
+
+    def on(tag):
+        monkeypatch.setattr(be, "machine", lambda: {"cpu_vendor": "V", "cpu_model": tag, "cpu_family": "",
+                                                    "cpu_model_number": "", "torch_cpu_capability": "X",
+                                                    "torch": "t", "mkl": "m", "tag": tag})
+
+    on("cpu-a-avx512")
+    be.main(args)  # 3 paired rounds: main.py timed in each, the engine's FLOPs and products only in the first
+    assert len(calls) == 3 and lite == [False, True, True]
+    row = be.load_store(store)["machines"]["cpu-a-avx512"]["rows"]["GRU/plain"]
+    assert row["ratios"] == [9.0, 12.0, 6.0] and row["ref"]["epoch_cpu_s"] == 9.0 and row["paired"]
+    on("cpu-b-avx2")
+    be.main(args + ["--reuse-reference", "--rounds", "1"])  # nothing stored for b: measured, a's not reused
+    assert len(calls) == 4
+    be.main(args + ["--reuse-reference", "--rounds", "2"])  # b's own reference reused: only the engine runs
+    assert len(calls) == 4
     st = be.load_store(store)
     assert sorted(st["machines"]) == ["cpu-a-avx512", "cpu-b-avx2"]
-    be.main(args + ["--fresh-reference"])
-    assert len(calls) == 3
+    assert not st["machines"]["cpu-b-avx2"]["rows"]["GRU/plain"]["paired"]
     be.main(["--render-only", "--store", str(store), "--out", str(out)])
-    assert out.read_text().count("| GRU | none |") == 2
+    text = out.read_text()
+    assert text.count("| GRU | none |") == 2
+    assert "9.0x (rounds 9.0x, 12.0x, 6.0x) | 10x: not met (CPU), rounds on both sides |" in text
+    assert "(rounds 9.0x, 9.0x, unpaired)" in text
+    with __import__("pytest").raises(SystemExit, match="--rounds must be >= 1"):
+        be.main(args + ["--rounds", "0"])
+
+
+def test_store_rejects_rounds_without_their_ratios(tmp_path):
+    import json
+
+    import pytest
+
+    from benchmarks.epochs import combine_rounds, load_store
+
+    side = {"epoch_s": 2.0, "epoch_cpu_s": 2.0, "load_before": "", "load_after": ""}
+    row = combine_rounds("GRU", "plain", [{"ref": dict(side), "eng": {**side, "flops_per_step": 1, "steps": 1}}] * 2)
+    assert row["ratios"] == [1.0, 1.0]
+    row["ratios"] = [1.0]
+    p = tmp_path / "e.json"
+    p.write_text(json.dumps(_store([row])))
+    with pytest.raises(ValueError, match=r"rows\['GRU/plain'\]: 1 ratios for 2 rounds"):
+        load_store(p)
 
 
 def test_teacher_cost_table_from_records(tmp_path):

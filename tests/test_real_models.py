@@ -1,6 +1,7 @@
 """Real offline models: SmolLM2-135M-Instruct (GGUF) and all-MiniLM-L6-v2; the teacher end to end on SmolLM2.
 
-Marked ``integration`` (slower: loading SmolLM2 de-quantizes the GGUF, ~20 s on 2 cores). Skipped with a
+Marked ``integration`` (slower: the first SmolLM2 load on a machine de-quantizes the GGUF, ~45 s here; later
+loads read the converted copy in the cache folder, ~1 s). Skipped with a
 message where the PyPI packages are not installed. Timings are measured in benchmarks, not here.
 """
 
@@ -96,3 +97,24 @@ def test_teacher_end_to_end_smollm2(smollm2, shared_dir, refs, tmp_path):
                             cans_num=2, batch_size=2, emb_source="projector")
     ex = read_tocf(folder, item_num=4606)
     assert ex.rank.shape == (2, 2) and tuple(ex.embeddings.shape) == (4606, 576)
+
+
+def test_converted_copy_is_checked_against_the_gguf_load():
+    """`smollm2_converted` publishes its save_pretrained copy only when `_same` finds it equal to the GGUF load."""
+    from reimpl.llm.real import _same
+    from reimpl.llm.tiny import load_tiny_tokenizer, tiny_llama, tiny_tokenizer_dir
+
+    tok = load_tiny_tokenizer(tiny_tokenizer_dir())
+    a, b = tiny_llama(seed=0, vocab_size=len(tok)), tiny_llama(seed=0, vocab_size=len(tok))
+    assert _same((a, tok), (b, tok)) == ""
+    with torch.no_grad():
+        next(b.parameters()).view(-1)[0] += 1e-6
+    assert _same((a, tok), (b, tok)).startswith("weights ")
+
+
+def test_smollm2_is_read_from_its_converted_copy(smollm2):
+    from reimpl.llm.real import smollm2_converted
+
+    folder = smollm2_converted()  # written by the fixture's load; found, not rebuilt
+    assert (folder / "done").is_file() and (folder / "model.safetensors").is_file()
+    assert not list(folder.parent.glob(f"{folder.name}.tmp*"))

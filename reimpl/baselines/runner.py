@@ -244,34 +244,43 @@ def execute(spec: RunSpec, root: Path, workdir: Path, threads: int, bar=None) ->
     return res
 
 
-def _prepare_data(plan: Plan, root: Path, only: str | None, progress: bool, log) -> tuple[dict, dict]:
+def _prepare_data(plan: Plan, root: Path, only: str | None, progress: bool, log,
+                  defer_teachers: bool = False) -> tuple[dict, dict, list]:
     """Prepare every data set the selected runs need (a distilled one: its teacher phase first) and write
-    ``manifests.json``; returns (manifests, {data key: why its teacher phase was skipped})."""
+    ``manifests.json``; returns (manifests, {data key: why its teacher phase was skipped}, deferred), where
+    ``deferred`` lists the distilled data sets whose teacher phase is left to the caller (``defer_teachers``:
+    :func:`run_plan` overlaps it with the runs that do not read it)."""
     manifests: dict = {}
-    teacher_skipped = {}
+    teacher_skipped, deferred = {}, []
     wanted = {r.dataset.key for r in plan.runs() if only is None or re.search(only, r.run_id)}
     for ds in plan.datasets:
         if ds.teacher is not None and ds.key not in wanted:
             continue   # --only excludes its runs: do not start the (long) teacher phase
         if ds.teacher is not None:
-            why = prepare_teacher(plan, ds, root, manifests, progress=progress, log=log)
+            why = teacher_blocker(ds)
+            if why is None and defer_teachers:
+                deferred.append(ds)
+                continue
+            why = why or prepare_teacher(plan, ds, root, manifests, progress=progress, log=log)
             if why:
                 teacher_skipped[ds.key] = why
                 log(f"note: {ds.key}: {why}; its runs are skipped")
             continue
         manifests[ds.key] = prepare(ds, root)
     (root / "manifests.json").write_text(json.dumps(manifests, indent=1))
-    return manifests, teacher_skipped
+    return manifests, teacher_skipped, deferred
 
 
 def run_plan(plan: Plan, root: Path, *, only: str | None = None, progress: bool = True,
              log=print) -> dict:
-    """Prepare data, run every unfinished run of ``plan`` (one at a time), write ``status.json``."""
+    """Prepare data, run every unfinished run of ``plan`` (``jobs`` at a time; with ``jobs > 1`` a teacher phase
+    runs in one slot beside the runs that do not read it), write ``status.json``."""
     from tqdm.auto import tqdm
 
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
-    manifests, teacher_skipped = _prepare_data(plan, root, only, progress, log)
+    manifests, teacher_skipped, deferred = _prepare_data(plan, root, only, progress, log,
+                                                         defer_teachers=plan.jobs > 1)
     ref_missing = reference_available()
     runs = [r for r in plan.runs() if (only is None or re.search(only, r.run_id))
             and r.dataset.key not in teacher_skipped]
@@ -313,9 +322,20 @@ def run_plan(plan: Plan, root: Path, *, only: str | None = None, progress: bool 
         from concurrent.futures import ThreadPoolExecutor
 
         with ThreadPoolExecutor(plan.jobs) as pool:
-            futures = [(spec, pool.submit(one, spec, False)) for spec in todo]
+            # a deferred teacher phase takes one slot; the runs that do not read it fill the others meanwhile
+            teachers = {ds.key: pool.submit(prepare_teacher, plan, ds, root, manifests, progress=False, log=log)
+                        for ds in deferred}
+
+            def after_teacher(spec: RunSpec) -> dict:
+                teachers[spec.dataset.key].result()  # its manifest is in place once this returns
+                return one(spec, False)
+
+            futures = [(spec, pool.submit(one, spec, False)) for spec in todo if spec.dataset.key not in teachers]
+            futures += [(spec, pool.submit(after_teacher, spec)) for spec in todo if spec.dataset.key in teachers]
             for spec, fut in futures:
                 done(spec, fut.result())
+        if deferred:
+            (root / "manifests.json").write_text(json.dumps(manifests, indent=1))
     outer.close()
     finish_teachers(plan, root, manifests, progress=progress, log=log)
     status = {"plan": plan.name, "total": len(runs), "failed": failed, "skipped_reference": skipped,
@@ -338,6 +358,18 @@ def teacher_rows(plan: Plan, ds, root: Path, manifests: dict) -> np.ndarray:
     return np.loadtxt(Path(man["workdir"]) / "train_rows.txt", dtype=np.int64, ndmin=1)
 
 
+def teacher_blocker(ds) -> str | None:
+    """Why the teacher phase of ``ds`` cannot run here (checked before any work), else None."""
+    from reimpl.baselines.teacher import TEACHERS
+
+    if ds.teacher not in TEACHERS:
+        raise ValueError(f"dataset {ds.key}: unknown teacher {ds.teacher!r} (have {sorted(TEACHERS)})")
+    prompt = ROOT / "ref_repositories" / "iLoRA" / "prompt" / "artist.txt"
+    if not prompt.is_file():
+        return f"teacher {ds.teacher} needs the iLoRA prompt file {prompt} (`make refs`)"
+    return None
+
+
 def prepare_teacher(plan: Plan, ds, root: Path, manifests: dict, progress: bool = True, log=print) -> str | None:
     """Prepare the undistilled twin of ``ds`` (its ``train_rows.txt`` fixes the rows), run / resume the
     teacher (reimpl.baselines.teacher) for those rows, then prepare ``ds`` with the teacher's ``tocf``.
@@ -347,11 +379,9 @@ def prepare_teacher(plan: Plan, ds, root: Path, manifests: dict, progress: bool 
     from reimpl.baselines.teacher import TEACHERS, run_teacher
 
     rows = teacher_rows(plan, ds, root, manifests)
-    if ds.teacher not in TEACHERS:
-        raise ValueError(f"dataset {ds.key}: unknown teacher {ds.teacher!r} (have {sorted(TEACHERS)})")
-    prompt = ROOT / "ref_repositories" / "iLoRA" / "prompt" / "artist.txt"
-    if not prompt.is_file():
-        return f"teacher {ds.teacher} needs the iLoRA prompt file {prompt} (`make refs`)"
+    why = teacher_blocker(ds)
+    if why:
+        return why
     # train + export now (the students need them); evaluation after the student runs (finish_teachers)
     tocf = run_teacher(TEACHERS[ds.teacher], rows.tolist(), teacher_dir(root, ds.teacher), data_name=ds.name,
                        progress=progress, log=log, phases=("train", "export"))

@@ -34,6 +34,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from reimpl.llm.tokens import encode
+
 TEMPLATE = Path(__file__).with_name("templates") / "rationale_prompt.txt"
 CACHE_FILE = "rationales.jsonl"
 VECTORS_FILE = "vectors.npy"
@@ -156,7 +158,7 @@ def generate_rationales(rows: Sequence[int], prompts: Sequence[str], cache_dir: 
                 tqdm(total=len(todo), desc="rationales", disable=not progress) as bar:
             for lo in range(0, len(todo), gen.batch_size):
                 chunk = todo[lo:lo + gen.batch_size]
-                enc = tokenizer([_chat(tokenizer, p) for _, p in chunk], return_tensors="pt", padding=True,
+                enc = encode(tokenizer, [_chat(tokenizer, p) for _, p in chunk], padding=True,
                                 add_special_tokens=False)
                 out = model.generate(**enc, max_new_tokens=gen.max_new_tokens, do_sample=False,
                                      pad_token_id=tokenizer.pad_token_id)

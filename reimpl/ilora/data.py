@@ -26,6 +26,7 @@ from reimpl.cliconf import require
 from reimpl.data import DataError, load_ilora
 from reimpl.deviations import check_mode
 from reimpl.ilora.prompt import fill_prompt
+from reimpl.llm.tokens import encode
 
 
 @dataclass
@@ -105,12 +106,12 @@ def collate(samples: list[dict], tokenizer, prompts: Sequence[str], rng: random.
     use_emb = rng.random() < emb_prob or not train
     texts = [fill_prompt(template, s["seq_name"], s["cans_name"], s["correct_answer"], with_embeddings=use_emb)
              for s in samples]
-    kw = dict(return_tensors="pt", padding="longest", truncation=False, add_special_tokens=True,
+    kw = dict(padding="longest", truncation=False, add_special_tokens=True,
               return_token_type_ids=True, return_attention_mask=True)
     if train:
-        tok = tokenizer([[p, s["correct_answer"] + terminator] for p, s in zip(texts, samples)], **kw)
+        tok = encode(tokenizer, [[p, s["correct_answer"] + terminator] for p, s in zip(texts, samples)], **kw)
     else:
-        tok = tokenizer(texts, **kw)
+        tok = encode(tokenizer, texts, **kw)
     lens = {len(s["cans"]) for s in samples}
     if len(lens) != 1:
         raise ValueError(f"collate: samples have different candidate counts {sorted(lens)}")

@@ -52,6 +52,7 @@ from reimpl.ilora.projector import MlpProjector, encode_items, encode_users
 from reimpl.ilora.prompt import PlaceholderIds, placeholder_ids, wrap_emb
 from reimpl.ilora.router import RouterConfig, build_router
 from reimpl.ilora.sasrec import SASRec
+from reimpl.llm.tokens import encode
 
 # attention implementations for which cached=True packs the answers (4-D additive mask taken as is).
 # "eager" takes the mask too (cached="packed" works) but computes its softmax in float32 even for a
@@ -237,7 +238,7 @@ class ILoRATeacher(nn.Module):
         if len(prompts) != b or len(cans_titles) != b or any(len(t) != c for t in cans_titles):
             raise ValueError(f"score_candidates: need {b} prompts and [B={b}][C={c}] titles")
         pairs = [[prompts[i], cans_titles[i][j] + self.cfg.terminator] for i in range(b) for j in range(c)]
-        tok = self.tokenizer(pairs, return_tensors="pt", padding="longest", truncation=False,
+        tok = encode(self.tokenizer, pairs, padding="longest", truncation=False,
                              add_special_tokens=True, return_attention_mask=True, return_token_type_ids=True)
         rep = lambda x: _tensor(x, "x").repeat_interleave(c, dim=0)  # noqa: E731
         flat = {"input_ids": tok["input_ids"], "attention_mask": tok["attention_mask"],
@@ -327,7 +328,7 @@ class ILoRATeacher(nn.Module):
         Raises the ValueErrors of :meth:`_score_candidates_cached` (tokenizations that cannot be split)."""
         ids_pair, mask_pair = flat["input_ids"], flat["attention_mask"]
         labels_pair = self.labels(flat)                                                   # [N, Lpair]
-        ptok = self.tokenizer(list(prompts), return_tensors="pt", padding="longest", truncation=False,
+        ptok = encode(self.tokenizer, list(prompts), padding="longest", truncation=False,
                               add_special_tokens=True, return_attention_mask=True)
         ids_p, mask_p = ptok["input_ids"], ptok["attention_mask"]                           # [B, Lp]
         plen = mask_p.sum(1)                                                                # [B]
@@ -400,7 +401,7 @@ class ILoRATeacher(nn.Module):
         e = self.router.cfg.num_experts if hasattr(self.router, "cfg") else self.cfg.num_moe
         outs = []
         for s in range(0, len(titles), batch_size):
-            tok = self.tokenizer(list(titles[s:s + batch_size]), return_tensors="pt", padding="longest",
+            tok = encode(self.tokenizer, list(titles[s:s + batch_size]), padding="longest",
                                  add_special_tokens=True)
             n = tok["input_ids"].shape[0]
             gate = torch.full((n, e), 1.0 / e)

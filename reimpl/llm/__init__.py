@@ -1,1 +1,1 @@
-"""LLM builders: tiny random-weight Llama (tiny.py) and real offline models (real.py)."""
+"""LLM builders: tiny random-weight Llama (tiny.py) and real offline models (real.py); batch tokenizing (tokens.py)."""

@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from reimpl.cliconf import require
+from reimpl.llm.tokens import encode
 
 LETTERS = string.ascii_uppercase
 TRAIN_CAND_SEED = 1000   # + epoch: training negatives never coincide with an evaluation's (cand_seed 0)
@@ -132,7 +133,7 @@ def _tokenize_left(tokenizer, texts: list[str]) -> dict:
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
     try:
-        return tokenizer(texts, return_tensors="pt", padding=True)
+        return encode(tokenizer, texts, padding=True)
     finally:
         tokenizer.padding_side = pad_side
 
