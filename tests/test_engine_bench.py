@@ -91,8 +91,9 @@ def test_rounds_pair_the_sides_and_reuse_only_this_machines_reference(tmp_path, 
     be.main(["--render-only", "--store", str(store), "--out", str(out)])
     text = out.read_text()
     assert text.count("| GRU | none |") == 2
-    assert "9.0x (rounds 9.0x, 12.0x, 6.0x) | 10x: not met (CPU), rounds on both sides |" in text
-    assert "(rounds 9.0x, 9.0x, unpaired)" in text
+    assert ("9.0x (rounds 9.0x, 12.0x, 6.0x; fastest epochs 6.0x) | 10x: not met (CPU), rounds on both sides |"
+            in text)
+    assert "(rounds 9.0x, 9.0x, unpaired; fastest epochs 9.0x)" in text
     with __import__("pytest").raises(SystemExit, match="--rounds must be >= 1"):
         be.main(args + ["--rounds", "0"])
 
