@@ -336,11 +336,10 @@ def combine_rounds(model: str, variant: str, rounds: list[dict], paired: bool = 
     def side(k):
         ss = [r[k] for r in rounds]
         med = {f: statistics.median(s[f] for s in ss) for f in ("epoch_s", "epoch_cpu_s")}
-        return {**ss[0], **med, "load_before": ss[0]["load_before"], "load_after": ss[-1]["load_after"]}
+        return {**ss[0], **med, "load_after": ss[-1]["load_after"]}
 
     return {"model": model, "variant": variant, "ref": side("ref"), "eng": side("eng"), "paired": paired,
-            "rounds": [{k: {f: r[k][f] for f in ("epoch_s", "epoch_cpu_s", "load_before", "load_after")}
-                        for k in ("ref", "eng")} for r in rounds],
+            "rounds": [{k: {f: r[k][f] for f in ROUND_FIELDS} for k in ("ref", "eng")} for r in rounds],
             "ratios": [r["ref"]["epoch_cpu_s"] / r["eng"]["epoch_cpu_s"] for r in rounds]}
 
 
@@ -348,8 +347,9 @@ def _utc() -> str:
     return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
 
 
-ROW_FIELDS = {"ref": ("epoch_s", "epoch_cpu_s", "load_before", "load_after"),
-              "eng": ("epoch_s", "epoch_cpu_s", "flops_per_step", "steps", "load_before", "load_after")}
+ROUND_FIELDS = ("epoch_s", "epoch_cpu_s", "load_before", "load_after")   # what each round keeps of either side
+ROW_FIELDS = {"ref": ROUND_FIELDS, "eng": ("epoch_s", "epoch_cpu_s", "flops_per_step", "steps", "load_before",
+                                          "load_after")}
 
 
 def load_store(path: Path) -> dict:
@@ -382,7 +382,7 @@ def load_store(path: Path) -> dict:
             rounds = row.get("rounds", [])
             for i, rd in enumerate(rounds):
                 for side in ("ref", "eng"):
-                    miss = [f for f in ROW_FIELDS["ref"] if f not in rd.get(side, {})]
+                    miss = [f for f in ROUND_FIELDS if f not in rd.get(side, {})]
                     if miss:
                         raise ValueError(f"{where}.rows[{key!r}].rounds[{i}].{side}: missing {miss}")
             if len(row.get("ratios", [])) != len(rounds):

@@ -257,11 +257,10 @@ def _prepare_data(plan: Plan, root: Path, only: str | None, progress: bool, log,
         if ds.teacher is not None and ds.key not in wanted:
             continue   # --only excludes its runs: do not start the (long) teacher phase
         if ds.teacher is not None:
-            why = teacher_blocker(ds)
-            if why is None and defer_teachers:
+            if defer_teachers and teacher_blocker(ds) is None:
                 deferred.append(ds)
                 continue
-            why = why or prepare_teacher(plan, ds, root, manifests, progress=progress, log=log)
+            why = prepare_teacher(plan, ds, root, manifests, progress=progress, log=log)
             if why:
                 teacher_skipped[ds.key] = why
                 log(f"note: {ds.key}: {why}; its runs are skipped")
@@ -327,7 +326,9 @@ def run_plan(plan: Plan, root: Path, *, only: str | None = None, progress: bool 
                         for ds in deferred}
 
             def after_teacher(spec: RunSpec) -> dict:
-                teachers[spec.dataset.key].result()  # its manifest is in place once this returns
+                why = teachers[spec.dataset.key].result()  # its manifest is in place once this returns None
+                if why:  # passed teacher_blocker before the plan started, so something changed meanwhile
+                    raise RuntimeError(f"{spec.dataset.key}: {why}")
                 return one(spec, False)
 
             futures = [(spec, pool.submit(one, spec, False)) for spec in todo if spec.dataset.key not in teachers]
