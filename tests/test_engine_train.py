@@ -76,6 +76,27 @@ def test_eval_every_and_objectives(toy):
     assert s["history"][0]["loss"] > 0 and s["best_epoch"] == 1
 
 
+def test_epoch_cpu_time_brackets_the_training_loop_only(toy, monkeypatch):
+    """``train_cpu_s`` is the epoch's own CPU: the session's set-up (before the bench fix, one-off imports in
+    Adam's first construction) is not in it, nor is the evaluation."""
+    import time
+
+    from reimpl.engine import train as etrain
+
+    init = etrain.Session.__init__
+
+    def slow_init(self, *a, **k):
+        t = time.process_time()
+        while time.process_time() - t < 0.5:  # set-up that burns CPU
+            pass
+        init(self, *a, **k)
+
+    monkeypatch.setattr(etrain.Session, "__init__", slow_init)
+    r = train(_cfg(epoch=1, lam=0.0, alpha=0.0, ed_weight=0.0), toy, log=lambda m: None)
+    h = r["history"][0]
+    assert 0 < h["train_cpu_s"] < 0.5 and "eval_s" in h
+
+
 def test_refusals(toy, tmp_path):
     with pytest.raises(ValueError, match="must be 'fixed'"):
         EngineConfig(DLLM2RecConfig(mode="faithful"))

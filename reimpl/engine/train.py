@@ -191,14 +191,14 @@ def train(cfg: EngineConfig, data: DLLM2RecData, *, checkpoint: str | Path | Non
         log(f"resumed from {ck_path} after epoch {state['epoch']}")
     while state["epoch"] < s.epoch and not state["stopped_early"]:
         model.train()
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         total = torch.zeros((), dtype=torch.float64)
         for rows in torch.as_tensor(batches.epoch()):
             total += sess.step(rows)
-        train_s = time.perf_counter() - t0
+        train_s, train_cpu_s = time.perf_counter() - t0, time.process_time() - c0
         state["epoch"] += 1
         state["train_s"] += train_s
-        rec = {"epoch": state["epoch"], "loss": float(total) / nb, "train_s": train_s}
+        rec = {"epoch": state["epoch"], "loss": float(total) / nb, "train_s": train_s, "train_cpu_s": train_cpu_s}
         last = state["epoch"] >= s.epoch
         if state["epoch"] % cfg.eval_every == 0 or last:
             t1 = time.perf_counter()
