@@ -77,8 +77,8 @@ def test_eval_every_and_objectives(toy):
 
 
 def test_epoch_cpu_time_brackets_the_training_loop_only(toy, monkeypatch):
-    """``train_cpu_s`` is the epoch's own CPU: the session's set-up (before the bench fix, one-off imports in
-    Adam's first construction) is not in it, nor is the evaluation."""
+    """``train_cpu_s`` is the epoch's training loop only: CPU the session's set-up burns (in a fresh process, the
+    one-off imports of Adam's first construction) is not in it; `make bench` reads it."""
     import time
 
     from reimpl.engine import train as etrain
@@ -94,7 +94,7 @@ def test_epoch_cpu_time_brackets_the_training_loop_only(toy, monkeypatch):
     monkeypatch.setattr(etrain.Session, "__init__", slow_init)
     r = train(_cfg(epoch=1, lam=0.0, alpha=0.0, ed_weight=0.0), toy, log=lambda m: None)
     h = r["history"][0]
-    assert 0 < h["train_cpu_s"] < 0.5 and "eval_s" in h
+    assert 0 < h["train_cpu_s"] < 0.5
 
 
 def test_refusals(toy, tmp_path):

@@ -5,9 +5,9 @@ A record holds what is needed to trust and reuse a run without re-training it:
 * ``config``: the run's full configuration (engine + protocol), as the plan states it;
 * ``data``: the protocol and ``digest`` (sha256 of the split arrays, :func:`reimpl.data.protocols.split_digest`);
 * ``code``: git commit of the checkout and whether ``reimpl/`` had uncommitted changes;
-* ``history``: per epoch ``loss``, ``train_s`` (wall), ``train_cpu_s`` (process CPU, engine runs from session 17
-  on) and, at evaluated epochs, VAL/TEST ``hr``/``ndcg`` lists (at ``topk``) and ``mrr``;
-  ``best_epoch``, ``stopped_early``, ``epochs_run``;
+* ``history``: per epoch ``loss``, ``train_s`` (wall), ``train_cpu_s`` (process CPU of the epoch's training
+  loop; engine runs recorded from e462e88 on) and, at evaluated epochs, VAL/TEST ``hr``/``ndcg`` lists (at
+  ``topk``) and ``mrr``; ``best_epoch``, ``stopped_early``, ``epochs_run``;
 * ``timing`` (train / eval / wall seconds), ``threads``, ``platform``, ``finished_at``.
 
 Writing is atomic (temporary file + rename), so a killed writer leaves no record a later run would trust; the
